@@ -1,0 +1,27 @@
+// Collective helpers built on ddp::ProcessGroup, used by DistributedDataParallel and
+// available to trainers (e.g. to broadcast their own state from rank 0).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ddp/process_group.h>
+
+namespace ddp {
+
+// Broadcasts `tensors` from `root` in place, coalesced into one flat buffer per
+// (device, dtype) so that many small tensors cost few collectives. Blocking.
+void broadcast_coalesced(ProcessGroup& process_group, const std::vector<at::Tensor>& tensors, int root);
+
+// Checks with one collective that every rank holds the same list of named tensors
+// (count, names, shapes, dtypes). On a mismatch every rank throws ModelMismatchError
+// naming the first differing tensor and the ranks that differ. `what` names the list
+// in the message ("parameter", "buffer").
+void verify_same_tensors(ProcessGroup& process_group,
+                         const std::vector<std::pair<std::string, at::Tensor>>& named,
+                         const std::string& what);
+
+} // namespace ddp

@@ -1,0 +1,16 @@
+// Everything a trainer needs: #include <ddp/ddp.h>.
+#pragma once
+
+#include <ddp/collectives.h>
+#include <ddp/config.h>
+#include <ddp/distributed_data_parallel.h>
+#include <ddp/error.h>
+#include <ddp/init.h>
+#include <ddp/no_sync_guard.h>
+#include <ddp/options.h>
+#include <ddp/output_tensors.h>
+#include <ddp/process_group.h>
+#include <ddp/reducer.h>
+#include <ddp/reducer_stats.h>
+#include <ddp/timeline.h>
+#include <ddp/work.h>

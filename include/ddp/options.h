@@ -1,0 +1,37 @@
+// Options of ddp::DistributedDataParallel and ddp::Reducer. Names and defaults
+// follow torch.nn.parallel.DistributedDataParallel so a PyTorch user can carry
+// their settings over unchanged.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+namespace ddp {
+
+struct Options {
+  // Bucket cap in MiB: gradients are reduced in buckets of about this size.
+  double bucket_cap_mb = 25.0;
+  // Cap of the first bucket (the last layers' gradients), smaller so that the first
+  // collective starts early in the backward pass.
+  double first_bucket_cap_mb = 1.0;
+  // Walk the autograd graph from the forward outputs and mark the parameters that
+  // cannot receive a gradient as ready at once. A speed option only: unused
+  // parameters are handled correctly without it.
+  bool find_unused_parameters = false;
+  // Broadcast the module's buffers (e.g. BatchNorm running stats) from rank 0
+  // before each forward.
+  bool broadcast_buffers = true;
+  // .grad becomes a view into the bucket: no copy back after the reduction.
+  bool gradient_as_bucket_view = false;
+  // The set of used parameters and their ready order are the same every iteration:
+  // learned in the first one, later iterations skip the used-flags collective.
+  bool static_graph = false;
+  // How long the reducer waits for a collective before it throws ddp::TimeoutError.
+  // The environment variable DDP_TIMEOUT_S replaces the default (not a value set here).
+  std::chrono::milliseconds timeout = std::chrono::minutes(10);
+  // Write a Chrome-trace timeline of hooks, buckets and collectives to this path
+  // (a ".rank<R>" suffix is added before the extension). DDP_TIMELINE overrides it.
+  std::string timeline_path;
+};
+
+} // namespace ddp

@@ -1,0 +1,46 @@
+// The one boundary between the reducer and the communication libraries. The reducer
+// and DistributedDataParallel see only this interface; MPI and NCCL live behind it
+// in src/comm/ and are created by init_process_group().
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ddp/work.h>
+
+namespace ddp {
+
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // "mpi" or "nccl".
+  virtual std::string backend() const = 0;
+
+  // Every call is asynchronous and returns at once; collectives run in issue order.
+  // Tensors must be contiguous and stay alive (and untouched) until wait() returns.
+
+  // In-place sum across ranks.
+  virtual std::shared_ptr<Work> allreduce(at::Tensor tensor) = 0;
+  // In place: every rank receives root's tensor.
+  virtual std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) = 0;
+  // outputs[r] receives rank r's input; every output has the input's shape and dtype.
+  virtual std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) = 0;
+  // Blocks until every rank has reached it.
+  virtual void barrier() = 0;
+
+  // The timeout that blocking helpers (barrier, verification) wait for.
+  std::chrono::milliseconds timeout() const { return timeout_; }
+  void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
+
+ private:
+  std::chrono::milliseconds timeout_ = std::chrono::minutes(10);
+};
+
+} // namespace ddp

@@ -1,0 +1,75 @@
+// ddp::Reducer: averages the gradients of a set of named parameters across the ranks
+// of a process group, bucket by bucket, while the backward pass still runs.
+// DistributedDataParallel owns one; it is usable on its own for any parameter list
+// (TorchScript modules, custom parameter sets, a trainer with its own forward).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ddp/options.h>
+#include <ddp/process_group.h>
+#include <ddp/reducer_stats.h>
+#include <ddp/timeline.h>
+
+namespace ddp {
+
+class Reducer {
+ public:
+  using NamedParameters = std::vector<std::pair<std::string, at::Tensor>>;
+
+  // Parameters that do not require grad are skipped. Verifies across ranks that the
+  // remaining parameters agree (count, names, shapes, dtypes) and throws
+  // ModelMismatchError on every rank otherwise; throws InvalidArgumentError when none
+  // is left. Collective: every rank must construct its Reducer at the same point.
+  Reducer(NamedParameters parameters, std::shared_ptr<ProcessGroup> process_group, Options options = {});
+  ~Reducer();
+  Reducer(const Reducer&) = delete;
+  Reducer& operator=(const Reducer&) = delete;
+
+  // Call before each forward. Checks that the previous iteration finished, and once,
+  // after the first synchronised iteration, rebuilds the buckets in the observed
+  // gradient-ready order (rank 0's order, broadcast). Collective on that iteration.
+  void prepare_for_forward();
+  // Call after each forward with the tensors it produced (the loss's ancestors).
+  // Arms the hooks for one backward; with find_unused_parameters, walks the autograd
+  // graph from `outputs` and marks unreachable parameters ready at once.
+  void prepare_for_backward(const std::vector<at::Tensor>& outputs);
+
+  // false while a no_sync() guard is alive: gradients accumulate locally.
+  bool require_sync() const;
+  void set_require_sync(bool require_sync);
+
+  // Names of the parameters that received no gradient on any rank in the last
+  // synchronised iteration (their .grad was left untouched).
+  std::vector<std::string> unused_parameters() const;
+  // Names of the parameters that received no gradient on this rank in the last
+  // synchronised iteration (they contributed zeros).
+  std::vector<std::string> locally_unused_parameters() const;
+
+  // Parameter names per bucket, in bucket (launch) order.
+  std::vector<std::vector<std::string>> bucket_layout() const;
+  // Names of the parameters the reducer manages, in registration order.
+  const std::vector<std::string>& parameter_names() const;
+
+  const ReducerStats& stats() const;
+  const Timeline& timeline() const;
+  // Turns event recording on or off (DDP_TIMELINE / Options::timeline_path turn it on).
+  void set_timeline_enabled(bool enabled);
+  // Writes the timeline recorded so far to `path` (".rank<R>" is inserted).
+  void write_timeline(const std::string& path) const;
+
+  const Options& options() const;
+  const std::shared_ptr<ProcessGroup>& process_group() const;
+
+  class Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+} // namespace ddp

@@ -1,0 +1,20 @@
+// Counters the reducer keeps for benchmarks and monitoring; cheap enough to be on always.
+#pragma once
+
+#include <cstdint>
+
+namespace ddp {
+
+struct ReducerStats {
+  int64_t iterations = 0;          // synchronised backward passes finalised
+  int64_t buckets = 0;             // current number of buckets
+  int64_t bytes_per_iteration = 0; // bytes all-reduced per iteration (buckets only)
+  int64_t collectives = 0;         // collectives issued by the reducer, all iterations
+  int64_t hook_ns = 0;             // total time spent inside gradient hooks
+  int64_t finalize_ns = 0;         // total time of the end-of-backward callbacks
+  int64_t finalize_wait_ns = 0;    // of which waiting for collectives
+  int64_t graph_walk_ns = 0;       // total time of find_unused_parameters graph walks
+  int64_t bucket_rebuilds = 0;     // 0 or 1
+};
+
+} // namespace ddp

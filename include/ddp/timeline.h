@@ -1,0 +1,61 @@
+// Events of the reducer's life on one rank, for a Chrome-trace / Perfetto view of what
+// overlaps with what. Recording is a branch on a bool when the timeline is off.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ddp {
+
+class Timeline {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  enum class Kind : uint8_t {
+    kHook,        // a parameter's gradient hook (index = parameter)
+    kBucketReady, // a bucket's last slot was filled (instant; index = bucket)
+    kCollective,  // a bucket's all-reduce, start to end on the comm backend (index = bucket)
+    kUsedFlags,   // the used-flags all-reduce
+    kFinalize,    // the end-of-backward callback, whole
+    kFinalizeWait,// finalize waiting for the collectives
+    kBackward,    // first hook to end of finalize
+  };
+
+  struct Event {
+    Kind kind;
+    int64_t index;
+    int64_t iteration;
+    Clock::time_point start;
+    Clock::time_point end; // == start for instants
+  };
+
+  explicit Timeline(bool enabled = false) : enabled_(enabled) {}
+
+  bool enabled() const { return enabled_; }
+  void set_enabled(bool enabled) { enabled_ = enabled; }
+
+  void record(Kind kind, int64_t index, int64_t iteration, Clock::time_point start, Clock::time_point end) {
+    if (enabled_) {
+      events_.push_back(Event{kind, index, iteration, start, end});
+    }
+  }
+
+  const std::vector<Event>& events() const { return events_; }
+  void clear() { events_.clear(); }
+
+  // Writes the events as a Chrome-trace JSON array, pid = rank, one thread per kind.
+  // parameter_names resolves kHook indices; times are microseconds since `origin`.
+  void write_chrome_trace(const std::string& path, int rank,
+                          const std::vector<std::string>& parameter_names,
+                          Clock::time_point origin) const;
+
+  static const char* kind_name(Kind kind);
+
+ private:
+  bool enabled_;
+  std::vector<Event> events_;
+};
+
+} // namespace ddp

@@ -1,0 +1,66 @@
+#include "bucket/bucket_assignment.h"
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <tuple>
+
+#include "common/check.h"
+
+namespace ddp::detail {
+
+std::vector<size_t> reverse_order(size_t count) {
+  std::vector<size_t> order(count);
+  std::iota(order.rbegin(), order.rend(), size_t{0});
+  return order;
+}
+
+std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& tensors,
+                                                const std::vector<size_t>& order, BucketCaps caps) {
+  DDP_CHECK_EQ(order.size(), tensors.size());
+  struct Open {
+    std::vector<size_t> members;
+    size_t bytes = 0;
+    size_t last_position = 0;
+    bool first = true;
+  };
+  // Key: (device type, device index, dtype).
+  std::map<std::tuple<int, int, int>, Open> open;
+  struct Closed {
+    std::vector<size_t> members;
+    size_t last_position;
+  };
+  std::vector<Closed> closed;
+  for (size_t position = 0; position < order.size(); ++position) {
+    const size_t index = order[position];
+    DDP_CHECK_LT(index, tensors.size());
+    const at::Tensor& t = tensors[index];
+    auto key = std::make_tuple(static_cast<int>(t.device().type()), static_cast<int>(t.device().index()),
+                               static_cast<int>(t.scalar_type()));
+    Open& bucket = open[key];
+    bucket.members.push_back(index);
+    bucket.bytes += t.numel() * t.element_size();
+    bucket.last_position = position;
+    const size_t cap = bucket.first ? caps.first_bytes : caps.bytes;
+    if (bucket.bytes >= cap) {
+      // The position of a bucket's last member is when it can launch.
+      closed.push_back({std::move(bucket.members), position});
+      bucket.members.clear();
+      bucket.bytes = 0;
+      bucket.first = false;
+    }
+  }
+  for (auto& [key, bucket] : open) {
+    if (!bucket.members.empty()) {
+      closed.push_back({std::move(bucket.members), bucket.last_position});
+    }
+  }
+  std::stable_sort(closed.begin(), closed.end(),
+                   [](const Closed& a, const Closed& b) { return a.last_position < b.last_position; });
+  std::vector<std::vector<size_t>> result;
+  result.reserve(closed.size());
+  for (auto& c : closed) result.push_back(std::move(c.members));
+  return result;
+}
+
+} // namespace ddp::detail

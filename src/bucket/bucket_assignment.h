@@ -1,0 +1,28 @@
+// Which parameters share a bucket. Pure function of sizes, dtypes, devices and an
+// expected gradient-ready order, so that every rank computes the same assignment.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstddef>
+#include <vector>
+
+namespace ddp::detail {
+
+struct BucketCaps {
+  size_t first_bytes; // cap of the first bucket of each (dtype, device)
+  size_t bytes;       // cap of every later bucket
+};
+
+// Walks `order` (parameter indices in the order their gradients are expected to be
+// ready), grouping by (dtype, device); a bucket is closed once it holds at least its
+// cap, so a tensor larger than the cap ends up in a bucket of its own size or more.
+// Buckets are returned in the order they are expected to become ready (position of
+// their last member in `order`); members keep their `order` order.
+std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& tensors,
+                                                const std::vector<size_t>& order, BucketCaps caps);
+
+// The initial order: reverse registration order, a good guess of the backward's order.
+std::vector<size_t> reverse_order(size_t count);
+
+} // namespace ddp::detail

@@ -1,0 +1,149 @@
+#include "comm/mpi/mpi_runtime.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#include "comm/mpi/mpi_check.h"
+#include "comm/mpi/mpi_types.h"
+#include "common/check.h"
+#include "common/logging.h"
+
+namespace ddp::mpi {
+namespace {
+
+// How long process exit waits for a collective still running before it aborts the
+// MPI job: a rank that exits while its peers still wait must not hang them.
+constexpr std::chrono::seconds kExitGrace{10};
+
+const char* thread_level_name(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
+  }
+  return "unknown";
+}
+
+} // namespace
+
+MpiRuntime& MpiRuntime::instance() {
+  // Destroyed at exit so that MPI_Finalize runs; constructed on first use, after
+  // LibTorch's own statics, so it is destroyed before them.
+  static MpiRuntime runtime;
+  return runtime;
+}
+
+MpiRuntime::MpiRuntime() {
+  std::promise<void> started;
+  auto ready = started.get_future();
+  thread_ = std::thread([this, &started] { loop(started); });
+  try {
+    ready.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
+}
+
+void MpiRuntime::start_mpi() {
+  int initialized = 0;
+  DDP_CHECK_MPI(MPI_Initialized(&initialized));
+  if (initialized) {
+    // The application initialised MPI itself; our thread may call MPI only if the
+    // level allows calls from a thread other than the one that initialised it.
+    int provided = MPI_THREAD_SINGLE;
+    DDP_CHECK_MPI(MPI_Query_thread(&provided));
+    if (provided < MPI_THREAD_SERIALIZED) {
+      throw CommError(fmt::format(
+          "MPI was initialised by the application with {}; libddp's communication thread needs "
+          "MPI_THREAD_SERIALIZED or higher. Call MPI_Init_thread(..., MPI_THREAD_SERIALIZED, ...) or let libddp "
+          "initialise MPI (create the process group before any MPI call).",
+          thread_level_name(provided)));
+    }
+  } else {
+    int provided = MPI_THREAD_SINGLE;
+    DDP_CHECK_MPI(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+    owns_mpi_ = true;
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  DDP_CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));
+  DDP_CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world_size_));
+  detail::set_world_rank(world_rank_);
+  create_custom_types();
+}
+
+void MpiRuntime::loop(std::promise<void>& started) {
+  try {
+    start_mpi();
+    started.set_value();
+  } catch (...) {
+    started.set_exception(std::current_exception());
+    return;
+  }
+  for (;;) {
+    std::function<void()> fn;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      queue_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) break; // stopping, and everything queued has run
+      fn = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    fn();
+  }
+  free_custom_types();
+  if (owns_mpi_) {
+    MPI_Finalize();
+  }
+  exited_.store(true);
+}
+
+void MpiRuntime::push(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    DDP_CHECK(!stopping_, "a collective was issued while the MPI runtime shuts down (process exit)");
+    queue_.push_back(std::move(fn));
+  }
+  queue_cv_.notify_one();
+}
+
+void MpiRuntime::enqueue(std::shared_ptr<Work> work, std::function<void()> fn) {
+  push([this, work = std::move(work), fn = std::move(fn)] {
+    in_flight_.store(work.get());
+    work->mark_started();
+    try {
+      fn();
+      work->finish();
+    } catch (...) {
+      work->finish(std::current_exception());
+    }
+    in_flight_.store(nullptr);
+  });
+}
+
+MpiRuntime::~MpiRuntime() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_one();
+  const auto deadline = std::chrono::steady_clock::now() + kExitGrace;
+  while (!exited_.load() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (exited_.load()) {
+    thread_.join();
+    return;
+  }
+  const Work* stuck = in_flight_.load();
+  detail::log_line(detail::LogLevel::kError, world_rank_,
+                   fmt::format("process exit: collective #{} ({}) has not completed after {} s; another rank stopped "
+                               "issuing collectives. Aborting the MPI job so that no rank hangs.",
+                               stuck ? stuck->sequence() : 0, stuck ? stuck->description() : "unknown",
+                               kExitGrace.count()));
+  MPI_Abort(MPI_COMM_WORLD, 3);
+  std::_Exit(3);
+}
+
+} // namespace ddp::mpi

@@ -1,0 +1,144 @@
+#include "comm/mpi/process_group_mpi.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <climits>
+
+#include "comm/mpi/mpi_check.h"
+#include "comm/mpi/mpi_runtime.h"
+#include "comm/mpi/mpi_types.h"
+
+namespace ddp::mpi {
+namespace {
+
+// MPI counts are int: larger tensors go in chunks.
+constexpr int64_t kMaxCount = INT_MAX / 2;
+
+std::string describe(const char* op, const at::Tensor& t) {
+  return fmt::format("{} of {} x {} ({:.2f} MiB)", op, t.numel(), c10::toString(t.scalar_type()),
+                     static_cast<double>(t.nbytes()) / (1 << 20));
+}
+
+} // namespace
+
+ProcessGroupMPI::ProcessGroupMPI() {
+  auto& runtime = MpiRuntime::instance();
+  comm_ = runtime.call([] {
+    MPI_Comm comm = MPI_COMM_NULL;
+    DDP_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
+    DDP_CHECK_MPI(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+    return comm;
+  });
+  rank_ = runtime.world_rank();
+  size_ = runtime.world_size();
+}
+
+ProcessGroupMPI::~ProcessGroupMPI() {
+  // Queued behind this group's last collective, so nothing in flight uses it.
+  MPI_Comm comm = comm_;
+  MpiRuntime::instance().enqueue(std::make_shared<Work>("communicator free", 0, rank_),
+                                 [comm]() mutable { MPI_Comm_free(&comm); });
+}
+
+void ProcessGroupMPI::check_tensor(const at::Tensor& tensor, const char* op) const {
+  if (!tensor.defined()) {
+    throw InvalidArgumentError(fmt::format("[ddp rank {}] {}: the tensor is undefined", rank_, op));
+  }
+  if (!tensor.device().is_cpu()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] {}: the MPI backend handles CPU tensors, got a tensor on {}. Use the NCCL backend for CUDA "
+        "tensors: ddp::init_process_group(\"nccl\") (or \"auto\" with a CUDA device).",
+        rank_, op, tensor.device().str()));
+  }
+  if (tensor.is_sparse() || !tensor.is_contiguous()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] {}: the tensor must be dense and contiguous (call .contiguous() first)", rank_, op));
+  }
+}
+
+std::shared_ptr<Work> ProcessGroupMPI::make_work(std::string description) {
+  return std::make_shared<Work>(std::move(description), ++sequence_, rank_);
+}
+
+std::shared_ptr<Work> ProcessGroupMPI::allreduce(at::Tensor tensor) {
+  check_tensor(tensor, "allreduce");
+  MPI_Datatype type = datatype_for(tensor.scalar_type());
+  MPI_Op op = sum_op_for(tensor.scalar_type());
+  auto work = make_work(describe("allreduce", tensor));
+  MPI_Comm comm = comm_;
+  MpiRuntime::instance().enqueue(work, [tensor, type, op, comm] {
+    auto* data = static_cast<char*>(tensor.data_ptr());
+    const int64_t n = tensor.numel();
+    const int64_t elem = tensor.element_size();
+    for (int64_t offset = 0; offset < n; offset += kMaxCount) {
+      const int count = static_cast<int>(std::min(kMaxCount, n - offset));
+      DDP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data + offset * elem, count, type, op, comm));
+    }
+  });
+  return work;
+}
+
+std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
+  check_tensor(tensor, "broadcast");
+  if (root < 0 || root >= size_) {
+    throw InvalidArgumentError(
+        fmt::format("[ddp rank {}] broadcast: root {} is not a rank of this group (size {})", rank_, root, size_));
+  }
+  MPI_Datatype type = datatype_for(tensor.scalar_type());
+  auto work = make_work(describe("broadcast", tensor));
+  MPI_Comm comm = comm_;
+  MpiRuntime::instance().enqueue(work, [tensor, type, root, comm] {
+    auto* data = static_cast<char*>(tensor.data_ptr());
+    const int64_t n = tensor.numel();
+    const int64_t elem = tensor.element_size();
+    for (int64_t offset = 0; offset < n; offset += kMaxCount) {
+      const int count = static_cast<int>(std::min(kMaxCount, n - offset));
+      DDP_CHECK_MPI(MPI_Bcast(data + offset * elem, count, type, root, comm));
+    }
+  });
+  return work;
+}
+
+std::shared_ptr<Work> ProcessGroupMPI::allgather(std::vector<at::Tensor> outputs, at::Tensor input) {
+  check_tensor(input, "allgather");
+  if (static_cast<int>(outputs.size()) != size_) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] allgather: {} output tensors given, the group has {} ranks (one output per rank)", rank_,
+        outputs.size(), size_));
+  }
+  for (const auto& out : outputs) {
+    check_tensor(out, "allgather");
+    if (out.numel() != input.numel() || out.scalar_type() != input.scalar_type()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] allgather: every output must have the input's size and dtype ({} x {}), got {} x {}", rank_,
+          input.numel(), c10::toString(input.scalar_type()), out.numel(), c10::toString(out.scalar_type())));
+    }
+  }
+  if (input.numel() > kMaxCount) {
+    throw InvalidArgumentError(fmt::format("[ddp rank {}] allgather: inputs above {} elements are not supported",
+                                           rank_, kMaxCount));
+  }
+  MPI_Datatype type = datatype_for(input.scalar_type());
+  auto work = make_work(describe("allgather", input));
+  MPI_Comm comm = comm_;
+  MpiRuntime::instance().enqueue(work, [outputs = std::move(outputs), input, type, comm] {
+    // One contiguous receive buffer, then scattered into the outputs.
+    at::Tensor flat = at::empty({static_cast<int64_t>(outputs.size()), input.numel()}, input.options());
+    DDP_CHECK_MPI(MPI_Allgather(input.data_ptr(), static_cast<int>(input.numel()), type, flat.data_ptr(),
+                                static_cast<int>(input.numel()), type, comm));
+    for (size_t r = 0; r < outputs.size(); ++r) {
+      outputs[r].view({-1}).copy_(flat[static_cast<int64_t>(r)]);
+    }
+  });
+  return work;
+}
+
+void ProcessGroupMPI::barrier() {
+  auto work = make_work("barrier");
+  MPI_Comm comm = comm_;
+  MpiRuntime::instance().enqueue(work, [comm] { DDP_CHECK_MPI(MPI_Barrier(comm)); });
+  work->wait(timeout());
+}
+
+} // namespace ddp::mpi

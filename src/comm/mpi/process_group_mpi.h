@@ -1,0 +1,39 @@
+// ProcessGroupMPI: ddp::ProcessGroup over MPI for CPU tensors. Each instance has its own
+// communicator (a duplicate of MPI_COMM_WORLD), so its collectives never match another
+// group's; all instances share MpiRuntime's thread, which runs them in issue order.
+#pragma once
+
+#include <mpi.h>
+
+#include <atomic>
+
+#include <ddp/process_group.h>
+
+namespace ddp::mpi {
+
+class ProcessGroupMPI final : public ProcessGroup {
+ public:
+  ProcessGroupMPI();
+  ~ProcessGroupMPI() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+
+  std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
+  std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
+  std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  void barrier() override;
+
+ private:
+  // Throws InvalidArgumentError unless `tensor` is a dense contiguous CPU tensor.
+  void check_tensor(const at::Tensor& tensor, const char* op) const;
+  std::shared_ptr<Work> make_work(std::string description);
+
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+  std::atomic<uint64_t> sequence_{0};
+};
+
+} // namespace ddp::mpi

@@ -1,0 +1,34 @@
+#include <ddp/reducer.h>
+
+#include <ddp/error.h>
+
+#include "reducer/reducer_impl.h"
+
+namespace ddp {
+
+Reducer::Reducer(NamedParameters parameters, std::shared_ptr<ProcessGroup> process_group, Options options) {
+  if (!process_group) {
+    throw InvalidArgumentError("ddp::Reducer: the process group is null; create one with ddp::init_process_group()");
+  }
+  impl_ = std::make_shared<Impl>(std::move(parameters), std::move(process_group), std::move(options));
+  impl_->register_hooks();
+}
+
+Reducer::~Reducer() = default;
+
+void Reducer::prepare_for_forward() { impl_->prepare_for_forward(); }
+void Reducer::prepare_for_backward(const std::vector<at::Tensor>& outputs) { impl_->prepare_for_backward(outputs); }
+bool Reducer::require_sync() const { return impl_->require_sync; }
+void Reducer::set_require_sync(bool require_sync) { impl_->require_sync = require_sync; }
+std::vector<std::string> Reducer::unused_parameters() const { return impl_->unused_names(/*global=*/true); }
+std::vector<std::string> Reducer::locally_unused_parameters() const { return impl_->unused_names(/*global=*/false); }
+std::vector<std::vector<std::string>> Reducer::bucket_layout() const { return impl_->bucket_layout(); }
+const std::vector<std::string>& Reducer::parameter_names() const { return impl_->names; }
+const ReducerStats& Reducer::stats() const { return impl_->stats; }
+const Timeline& Reducer::timeline() const { return impl_->timeline; }
+void Reducer::set_timeline_enabled(bool enabled) { impl_->timeline.set_enabled(enabled); }
+void Reducer::write_timeline(const std::string& path) const { impl_->write_timeline(path); }
+const Options& Reducer::options() const { return impl_->options; }
+const std::shared_ptr<ProcessGroup>& Reducer::process_group() const { return impl_->process_group; }
+
+} // namespace ddp

@@ -1,0 +1,83 @@
+// Bad input across ranks: every rank gets the same clear error, nobody hangs.
+#include <catch2/catch.hpp>
+
+#include "world.h"
+
+using Catch::Contains;
+
+namespace {
+// Rank 1 builds a model that differs from the others' in one way.
+struct TwoLayerImpl : torch::nn::Module {
+  TwoLayerImpl(const std::string& variant, int rank) {
+    const bool odd = rank == 1;
+    a = register_module("a", torch::nn::Linear(4, odd && variant == "shape" ? 5 : 4));
+    b = register_module(odd && variant == "name" ? "b_renamed" : "b", torch::nn::Linear(4, 4));
+    if (odd && variant == "count") extra = register_module("extra", torch::nn::Linear(4, 4));
+    if (odd && variant == "dtype") b->to(torch::kDouble);
+  }
+  torch::Tensor forward(torch::Tensor x) { return b(a(x)); }
+  torch::nn::Linear a{nullptr}, b{nullptr}, extra{nullptr};
+};
+TORCH_MODULE(TwoLayer);
+} // namespace
+
+TEST_CASE("models that differ across ranks give one clear error on every rank", "[errors]") {
+  auto pg = ddp::test::world_ptr();
+  const int r = pg->rank();
+  struct Case {
+    std::string variant;
+    std::string expect;
+  };
+  for (const Case& c : {Case{"count", "'extra.weight'"}, Case{"name", "'b_renamed.weight'"},
+                        Case{"shape", "shape [5, 4]"}, Case{"dtype", "dtype Double"}}) {
+    CAPTURE(c.variant);
+    TwoLayer net(c.variant, r);
+    try {
+      ddp::DistributedDataParallel model(net, pg, ddp::test::test_options());
+      FAIL("no error for a model that differs on rank 1");
+    } catch (const ddp::ModelMismatchError& e) {
+      const std::string msg = e.what();
+      CAPTURE(msg);
+      CHECK_THAT(msg, Contains(c.expect));
+      CHECK_THAT(msg, Contains("rank 1 has"));
+      CHECK_THAT(msg, Contains("rank " + std::to_string(r) + "]"));
+      CHECK_THAT(msg, Contains("Every rank must build the same model"));
+    }
+  }
+}
+
+TEST_CASE("parameters without requires_grad are skipped on every rank", "[errors]") {
+  torch::nn::Sequential net(torch::nn::Linear(3, 3), torch::nn::Linear(3, 2));
+  net[0]->as<torch::nn::Linear>()->weight.requires_grad_(false);
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), ddp::test::test_options());
+  CHECK(model.reducer().parameter_names() == std::vector<std::string>{"0.bias", "1.weight", "1.bias"});
+  model(torch::ones({2, 3})).sum().backward();
+  CHECK_FALSE(net[0]->as<torch::nn::Linear>()->weight.grad().defined());
+  CHECK(ddp::test::identical_across_ranks(net[1]->as<torch::nn::Linear>()->weight.grad()));
+}
+
+TEST_CASE("an empty parameter list is an error on every rank", "[errors]") {
+  CHECK_THROWS_WITH(ddp::Reducer({}, ddp::test::world_ptr()), Contains("nothing to reduce"));
+}
+
+TEST_CASE("a rank that skips backward makes the others time out with a clear error, then recovers", "[errors]") {
+  auto pg = ddp::test::world_ptr();
+  torch::nn::Linear net(4, 4);
+  ddp::Options o = ddp::test::test_options();
+  o.timeout = std::chrono::milliseconds(500);
+  ddp::DistributedDataParallel model(net, pg, o);
+  auto out = model(torch::ones({2, 4}));
+  if (pg->rank() != 0) {
+    // Rank 0 waits 500 ms for our buckets, gives up; we join later, so the job can end.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    out.sum().backward();
+  } else {
+    try {
+      out.sum().backward();
+      FAIL("backward returned although the other ranks had not reduced");
+    } catch (const ddp::TimeoutError& e) {
+      CHECK_THAT(std::string(e.what()), Contains("rank 0") && Contains("allreduce") && Contains("did not complete"));
+    }
+  }
+  pg->barrier();
+}

@@ -1,0 +1,213 @@
+// Gradient equivalence: N-rank DDP gradients equal single-process autograd (the oracle)
+// on the same data, for several models, bucket caps and iterations with SGD steps, and
+// parameters stay bit-identical across ranks.
+#include <catch2/catch.hpp>
+
+#include "models.h"
+#include "world.h"
+
+namespace {
+
+using ddp::test::identical_across_ranks;
+using ddp::test::max_relative_error;
+using ddp::test::world;
+
+constexpr double kTolerance = 1e-6;
+constexpr int64_t kShard = 6; // samples per rank
+
+struct Batch {
+  torch::Tensor x;
+  torch::Tensor y;
+};
+
+// Every rank generates the same full batch; rank r trains on rows [r*kShard, (r+1)*kShard).
+Batch full_batch(int iteration, int world_size, std::vector<int64_t> sample_shape, int64_t classes) {
+  torch::manual_seed(1000 + iteration);
+  std::vector<int64_t> shape{kShard * world_size};
+  shape.insert(shape.end(), sample_shape.begin(), sample_shape.end());
+  return {torch::randn(shape), torch::randint(classes, {kShard * world_size})};
+}
+
+torch::Tensor shard(const torch::Tensor& t, int rank) {
+  return t.narrow(0, rank * kShard, kShard);
+}
+
+// Runs `iterations` steps of DDP and of the oracle side by side and checks gradients and
+// parameters after every step. per_shard_oracle: the oracle averages per-shard losses
+// (needed with BatchNorm, whose statistics are per rank in DDP); otherwise it uses the
+// concatenated batch with a mean loss.
+template <typename Holder>
+void check_equivalence(std::function<Holder()> make, ddp::Options options, std::vector<int64_t> sample_shape,
+                       int64_t classes, bool per_shard_oracle, int iterations = 4) {
+  auto& pg = world();
+  const int n = pg.size();
+  const int r = pg.rank();
+  torch::manual_seed(7);
+  Holder oracle = make();
+  torch::manual_seed(7 + r); // different on every rank: DDP must broadcast rank 0's state
+  Holder local = make();
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < local->parameters().size(); ++i) {
+      if (r == 0) local->parameters()[i].copy_(oracle->parameters()[i]);
+    }
+    for (size_t i = 0; i < local->buffers().size(); ++i) {
+      if (r == 0) local->buffers()[i].copy_(oracle->buffers()[i]);
+    }
+  }
+  ddp::DistributedDataParallel model(local, ddp::test::world_ptr(), options);
+  for (const auto& p : local->parameters()) REQUIRE(identical_across_ranks(p));
+  torch::optim::SGD ddp_opt(local->parameters(), 0.1);
+  torch::optim::SGD oracle_opt(oracle->parameters(), 0.1);
+
+  for (int it = 0; it < iterations; ++it) {
+    CAPTURE(it);
+    Batch batch = full_batch(it, n, sample_shape, classes);
+    ddp_opt.zero_grad();
+    auto out = model(shard(batch.x, r));
+    torch::nn::functional::cross_entropy(out, shard(batch.y, r)).backward();
+
+    oracle_opt.zero_grad();
+    if (per_shard_oracle) {
+      torch::Tensor loss = torch::zeros({});
+      for (int q = 0; q < n; ++q) {
+        loss = loss + torch::nn::functional::cross_entropy(oracle->forward(shard(batch.x, q)), shard(batch.y, q));
+      }
+      (loss / n).backward();
+    } else {
+      torch::nn::functional::cross_entropy(oracle->forward(batch.x), batch.y).backward();
+    }
+
+    auto got = ddp::test::gradients_of(*local);
+    auto want = ddp::test::gradients_of(*oracle);
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(got[i].first);
+      REQUIRE(got[i].second.defined());
+      CHECK(max_relative_error(got[i].second, want[i].second) <= kTolerance);
+      CHECK(identical_across_ranks(got[i].second));
+    }
+    ddp_opt.step();
+    oracle_opt.step();
+    const auto params = local->named_parameters();
+    const auto oracle_params = oracle->named_parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      CAPTURE(params[i].key());
+      CHECK(identical_across_ranks(params[i].value()));
+      CHECK(max_relative_error(params[i].value(), oracle_params[i].value()) <= kTolerance);
+    }
+  }
+  CHECK(model.reducer().stats().iterations == iterations);
+  CHECK(model.reducer().unused_parameters().empty());
+}
+
+ddp::Options with_caps(double first_mb, double cap_mb) {
+  ddp::Options o = ddp::test::test_options();
+  o.first_bucket_cap_mb = first_mb;
+  o.bucket_cap_mb = cap_mb;
+  return o;
+}
+
+} // namespace
+
+TEST_CASE("MLP gradients equal single-process autograd for tiny to huge buckets", "[grad]") {
+  // tiny: one parameter per bucket; default; huge: a single bucket.
+  for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1.0, 25.0}, std::pair{1e4, 1e4}, std::pair{2e-3, 4e-3}}) {
+    CAPTURE(first, cap);
+    check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, with_caps(first, cap), {8}, 4, false);
+  }
+}
+
+TEST_CASE("bucket caps decide the number of buckets", "[grad]") {
+  auto make = [] { return ddp::test::Mlp(); };
+  ddp::test::Mlp tiny_net = make();
+  ddp::DistributedDataParallel tiny(tiny_net, ddp::test::world_ptr(), with_caps(1e-6, 1e-6));
+  CHECK(tiny.reducer().stats().buckets == 6);
+  CHECK(tiny.reducer().bucket_layout().front() == std::vector<std::string>{"fc3.bias"});
+  ddp::test::Mlp huge_net = make();
+  ddp::DistributedDataParallel huge(huge_net, ddp::test::world_ptr(), with_caps(1e4, 1e4));
+  CHECK(huge.reducer().stats().buckets == 1);
+  CHECK(huge.reducer().bucket_layout().front().size() == 6);
+}
+
+TEST_CASE("CNN with BatchNorm: gradients equal the oracle, buffers come from rank 0", "[grad]") {
+  for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1.0, 25.0}}) {
+    CAPTURE(first, cap);
+    check_equivalence<ddp::test::ConvNet>([] { return ddp::test::ConvNet(); }, with_caps(first, cap), {3, 6, 6}, 5,
+                                          true);
+  }
+}
+
+TEST_CASE("float32 and float64 parameters reduce in separate buckets, equal to the oracle", "[grad]") {
+  for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1e4, 1e4}}) {
+    CAPTURE(first, cap);
+    check_equivalence<ddp::test::MixedDtype>([] { return ddp::test::MixedDtype(); }, with_caps(first, cap), {8}, 4,
+                                             false);
+  }
+  ddp::test::MixedDtype net;
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), with_caps(1e4, 1e4));
+  CHECK(model.reducer().stats().buckets == 2); // one per dtype even with a huge cap
+}
+
+TEST_CASE("gradient_as_bucket_view: .grad aliases the bucket and equals the oracle", "[grad]") {
+  ddp::Options o = with_caps(1e-3, 1e-3);
+  o.gradient_as_bucket_view = true;
+  check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false);
+}
+
+namespace {
+// A module whose buffer is set differently on every rank, and whose forward reads it.
+struct WithBufferImpl : torch::nn::Module {
+  WithBufferImpl() {
+    lin = register_module("lin", torch::nn::Linear(4, 4));
+    scale = register_buffer("scale", torch::ones({4}));
+  }
+  torch::Tensor forward(torch::Tensor x) { return lin(x) * scale; }
+  torch::nn::Linear lin{nullptr};
+  torch::Tensor scale;
+};
+TORCH_MODULE(WithBuffer);
+} // namespace
+
+TEST_CASE("broadcast_buffers sends rank 0's buffers before each forward", "[grad]") {
+  WithBuffer net;
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), ddp::test::test_options());
+  const int r = world().rank();
+  for (int it = 0; it < 3; ++it) {
+    {
+      torch::NoGradGuard g;
+      net->scale.fill_(static_cast<float>(100 * it + r + 1));
+    }
+    model(torch::ones({2, 4})).sum().backward();
+    CHECK(net->scale[0].item<float>() == static_cast<float>(100 * it + 1));
+  }
+  ddp::Options off = ddp::test::test_options();
+  off.broadcast_buffers = false;
+  WithBuffer net2;
+  ddp::DistributedDataParallel model2(net2, ddp::test::world_ptr(), off);
+  {
+    torch::NoGradGuard g;
+    net2->scale.fill_(static_cast<float>(r + 1));
+  }
+  model2(torch::ones({2, 4})).sum().backward();
+  CHECK(net2->scale[0].item<float>() == static_cast<float>(r + 1));
+}
+
+TEST_CASE("ddp::Reducer works on its own for a named parameter list", "[grad]") {
+  auto& pg = world();
+  torch::manual_seed(3);
+  auto w = torch::randn({5, 3}, torch::requires_grad());
+  auto b = torch::randn({5}, torch::requires_grad());
+  auto frozen = torch::randn({5});
+  ddp::Reducer reducer({{"w", w}, {"b", b}, {"frozen", frozen}}, ddp::test::world_ptr(), ddp::test::test_options());
+  CHECK(reducer.parameter_names() == std::vector<std::string>{"w", "b"}); // frozen: skipped
+  reducer.prepare_for_forward();
+  auto x = torch::full({2, 3}, static_cast<float>(pg.rank() + 1));
+  auto out = torch::matmul(x, w.t()) + b;
+  reducer.prepare_for_backward({out});
+  out.sum().backward();
+  // d/dw of sum(x w^T + b) = column sums of x, per output row: 2 * (r + 1); mean over ranks.
+  const double mean_x = (pg.size() + 1) / 2.0;
+  CHECK(torch::allclose(w.grad(), torch::full({5, 3}, 2.0 * mean_x)));
+  CHECK(torch::allclose(b.grad(), torch::full({5}, 2.0)));
+}

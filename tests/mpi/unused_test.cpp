@@ -1,0 +1,297 @@
+// Unused parameters (the deep-supervision case): rank- and iteration-dependent head
+// schedules, a never-used layer, outputs returned but not in the loss, a rank that
+// uses no parameter at all; with and without find_unused_parameters, tiny and large
+// buckets, static_graph, no_sync. The oracle is single-process autograd over all
+// ranks' shards and schedules; parameters are compared after SGD steps.
+#include <catch2/catch.hpp>
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <random>
+
+#include "models.h"
+#include "world.h"
+
+using Catch::Contains;
+using ddp::test::identical_across_ranks;
+using ddp::test::max_relative_error;
+
+namespace {
+
+constexpr int kHeads = 4;
+constexpr int64_t kShard = 5;
+
+// A trunk with an auxiliary head per depth; head 3 sits on an optional branch that is
+// computed only when asked; `debug` is registered and never called.
+struct DeepSupImpl : torch::nn::Module {
+  DeepSupImpl() {
+    for (int i = 0; i < 3; ++i) trunk.push_back(register_module("trunk" + std::to_string(i), torch::nn::Linear(6, 6)));
+    for (int k = 0; k < kHeads; ++k) heads.push_back(register_module("head" + std::to_string(k), torch::nn::Linear(6, 3)));
+    branch = register_module("branch", torch::nn::Linear(6, 6));
+    debug = register_module("debug", torch::nn::Linear(6, 6));
+  }
+  // Returns every head's logits (head 3 only when `with_branch`) and a parameter-free output.
+  std::tuple<std::vector<torch::Tensor>, torch::Tensor> forward(torch::Tensor x, bool with_branch) {
+    std::vector<torch::Tensor> outs;
+    auto h = x;
+    for (int i = 0; i < 3; ++i) {
+      h = torch::tanh(trunk[i](h));
+      outs.push_back(heads[i](h));
+    }
+    if (with_branch) outs.push_back(heads[3](torch::tanh(branch(h))));
+    return {outs, x * 2};
+  }
+  std::vector<torch::nn::Linear> trunk, heads;
+  torch::nn::Linear branch{nullptr}, debug{nullptr};
+};
+TORCH_MODULE(DeepSup);
+
+// Which heads rank q's loss uses in iteration `it`, and whether it computes the branch.
+struct Schedule {
+  std::vector<int> heads;
+  bool with_branch;
+};
+
+using ScheduleFn = std::function<Schedule(int it, int q)>;
+
+Schedule random_schedule(int it, int q) {
+  std::mt19937 gen(1000u * it + 17u * q + 5u);
+  Schedule s;
+  s.with_branch = gen() % 2;
+  for (int k = 0; k < kHeads; ++k) {
+    if (k == 3 && !s.with_branch) continue;
+    if (gen() % 3 != 0) s.heads.push_back(k); // each head in the loss 2/3 of the time
+  }
+  return s;
+}
+
+torch::Tensor loss_of(const std::vector<torch::Tensor>& outs, const torch::Tensor& skip, const Schedule& s,
+                      const torch::Tensor& y) {
+  torch::Tensor loss = skip.sum() * 0.01; // keeps the parameter-free output in every loss
+  for (int k : s.heads) loss = loss + (k + 1) * 0.5 * torch::nn::functional::cross_entropy(outs[k], y);
+  return loss;
+}
+
+struct RunConfig {
+  ddp::Options options;
+  ScheduleFn schedule = random_schedule;
+  int iterations = 5;
+  int micro_steps = 1; // > 1: the first micro_steps - 1 run under no_sync()
+};
+
+// Expected: names unused on every rank in iteration `it` (all micro-steps together).
+std::vector<std::string> expected_unused(const DeepSup& net, const RunConfig& cfg, int it, int world) {
+  std::set<std::string> used;
+  for (int q = 0; q < world; ++q) {
+    for (int m = 0; m < cfg.micro_steps; ++m) {
+      Schedule s = cfg.schedule(it * cfg.micro_steps + m, q);
+      // A head in the loss uses itself and the trunk up to its depth (all of it for 3).
+      for (int k : s.heads) {
+        used.insert("head" + std::to_string(k) + ".weight");
+        used.insert("head" + std::to_string(k) + ".bias");
+        for (int i = 0; i <= std::min(k, 2); ++i) {
+          used.insert("trunk" + std::to_string(i) + ".weight");
+          used.insert("trunk" + std::to_string(i) + ".bias");
+        }
+        if (k == 3) {
+          used.insert("branch.weight");
+          used.insert("branch.bias");
+        }
+      }
+    }
+  }
+  std::vector<std::string> out;
+  for (const auto& p : net->named_parameters()) {
+    if (!used.count(p.key())) out.push_back(p.key());
+  }
+  return out;
+}
+
+void run_against_oracle(const RunConfig& cfg) {
+  auto pg = ddp::test::world_ptr();
+  const int n = pg->size();
+  const int r = pg->rank();
+  torch::manual_seed(11);
+  DeepSup oracle;
+  torch::manual_seed(11);
+  DeepSup local;
+  ddp::DistributedDataParallel model(local, pg, cfg.options);
+  torch::optim::SGD opt(local->parameters(), 0.2);
+  torch::optim::SGD oracle_opt(oracle->parameters(), 0.2);
+
+  for (int it = 0; it < cfg.iterations; ++it) {
+    CAPTURE(it);
+    opt.zero_grad();
+    oracle_opt.zero_grad();
+    for (int m = 0; m < cfg.micro_steps; ++m) {
+      const int step = it * cfg.micro_steps + m;
+      torch::manual_seed(500 + step);
+      auto x = torch::randn({kShard * n, 6});
+      auto y = torch::randint(3, {kShard * n});
+      auto xs = x.narrow(0, r * kShard, kShard).clone().requires_grad_(true);
+      Schedule mine = cfg.schedule(step, r);
+      if (m + 1 < cfg.micro_steps) {
+        auto guard = model.no_sync();
+        auto [outs, skip] = model(xs, mine.with_branch);
+        loss_of(outs, skip, mine, y.narrow(0, r * kShard, kShard)).backward();
+      } else {
+        auto [outs, skip] = model(xs, mine.with_branch);
+        loss_of(outs, skip, mine, y.narrow(0, r * kShard, kShard)).backward();
+      }
+      // Oracle: every rank's shard with that rank's schedule, averaged over ranks.
+      torch::Tensor total = torch::zeros({});
+      for (int q = 0; q < n; ++q) {
+        Schedule s = cfg.schedule(step, q);
+        auto xq = x.narrow(0, q * kShard, kShard).clone().requires_grad_(true);
+        auto [outs, skip] = oracle->forward(xq, s.with_branch);
+        total = total + loss_of(outs, skip, s, y.narrow(0, q * kShard, kShard));
+      }
+      (total / n).backward();
+    }
+    auto got = ddp::test::gradients_of(*local);
+    auto want = ddp::test::gradients_of(*oracle);
+    for (size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(got[i].first);
+      REQUIRE(got[i].second.defined() == want[i].second.defined());
+      if (!want[i].second.defined()) continue;
+      CHECK(max_relative_error(got[i].second, want[i].second) <= 1e-6);
+      CHECK(identical_across_ranks(got[i].second));
+    }
+    CHECK(model.reducer().unused_parameters() == expected_unused(local, cfg, it, n));
+    opt.step();
+    oracle_opt.step();
+    const auto params = local->named_parameters();
+    const auto oracle_params = oracle->named_parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      CAPTURE(params[i].key());
+      CHECK(identical_across_ranks(params[i].value()));
+      CHECK(max_relative_error(params[i].value(), oracle_params[i].value()) <= 1e-6);
+    }
+  }
+}
+
+ddp::Options options(bool find_unused, double cap_mb) {
+  ddp::Options o = ddp::test::test_options();
+  o.find_unused_parameters = find_unused;
+  o.first_bucket_cap_mb = cap_mb;
+  o.bucket_cap_mb = cap_mb;
+  return o;
+}
+
+} // namespace
+
+TEST_CASE("random per-rank, per-iteration head schedules match the oracle", "[unused]") {
+  for (bool find_unused : {false, true}) {
+    for (double cap : {1e-6, 1e-3, 25.0}) {
+      CAPTURE(find_unused, cap);
+      RunConfig cfg;
+      cfg.options = options(find_unused, cap);
+      run_against_oracle(cfg);
+    }
+  }
+}
+
+TEST_CASE("a rank whose loss uses no parameter still reduces: the others get sum / world", "[unused]") {
+  for (bool find_unused : {false, true}) {
+    CAPTURE(find_unused);
+    RunConfig cfg;
+    cfg.options = options(find_unused, 1e-3);
+    const int last = ddp::test::world().size() - 1;
+    cfg.schedule = [last](int it, int q) {
+      if (q == last) return Schedule{{}, false}; // only the parameter-free output
+      return random_schedule(it, q);
+    };
+    run_against_oracle(cfg);
+  }
+}
+
+TEST_CASE("heads returned but never in the loss, and a never-called layer, are reported by name", "[unused]") {
+  RunConfig cfg;
+  cfg.options = options(false, 25.0);
+  cfg.schedule = [](int, int) { return Schedule{{0, 2}, true}; }; // head1 and head3 returned, unused
+  cfg.iterations = 2;
+  run_against_oracle(cfg);
+
+  torch::manual_seed(1);
+  DeepSup net;
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), options(true, 25.0));
+  auto [outs, skip] = model(torch::randn({2, 6}), true);
+  (outs[0].sum() + outs[2].sum()).backward();
+  const std::vector<std::string> expected{"head1.weight", "head1.bias", "head3.weight",
+                                          "head3.bias",   "branch.weight", "branch.bias",
+                                          "debug.weight", "debug.bias"};
+  CHECK(model.reducer().unused_parameters() == expected);
+  CHECK(model.reducer().locally_unused_parameters() == expected);
+  CHECK_FALSE(net->debug->weight.grad().defined()); // untouched
+}
+
+TEST_CASE("static_graph learns the used set once and rejects a changed graph by name", "[unused]") {
+  RunConfig cfg;
+  cfg.options = options(false, 1e-3);
+  cfg.options.static_graph = true;
+  cfg.schedule = [](int, int q) { return Schedule{q == 0 ? std::vector<int>{0, 1} : std::vector<int>{1, 2}, false}; };
+  run_against_oracle(cfg);
+
+  torch::manual_seed(1);
+  DeepSup net;
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), cfg.options);
+  {
+    auto [outs, skip] = model(torch::randn({2, 6}), false);
+    outs[0].sum().backward();
+  }
+  const int64_t collectives_after_first = model.reducer().stats().collectives;
+  {
+    auto [outs, skip] = model(torch::randn({2, 6}), false);
+    outs[0].sum().backward();
+  }
+  // Later iterations skip the used-flags exchange: only the buckets are reduced.
+  CHECK(model.reducer().stats().collectives - collectives_after_first == model.reducer().stats().buckets);
+  auto [outs, skip] = model(torch::randn({2, 6}), false);
+  CHECK_THROWS_WITH((outs[0].sum() + outs[1].sum()).backward(),
+                    Contains("static_graph=true") && Contains("'head1.") && Contains("graph changed"));
+}
+
+TEST_CASE("no_sync micro-steps with different unused sets: a parameter used in any step counts", "[unused][nosync]") {
+  for (bool find_unused : {false, true}) {
+    CAPTURE(find_unused);
+    RunConfig cfg;
+    cfg.options = options(find_unused, 1e-3);
+    cfg.micro_steps = 3;
+    cfg.iterations = 3;
+    run_against_oracle(cfg);
+  }
+}
+
+namespace {
+// Backward runs a nested (reentrant) backward through `w`, like reentrant checkpointing.
+struct Reentrant : torch::autograd::Function<Reentrant> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor w) {
+    ctx->saved_data["w"] = w;
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto w = ctx->saved_data["w"].toTensor();
+    torch::AutoGradMode enable(true);
+    (w * 2).sum().backward();
+    return {grads[0], torch::Tensor()};
+  }
+};
+} // namespace
+
+TEST_CASE("a parameter marked twice (reentrant backward) is an error naming it, with the fix", "[unused]") {
+  torch::nn::Linear lin(3, 3);
+  ddp::DistributedDataParallel model(lin, ddp::test::world_ptr(), ddp::test::test_options());
+  struct Run {
+    static torch::Tensor go(ddp::DistributedDataParallel<torch::nn::LinearImpl>& m, torch::nn::Linear& l) {
+      return Reentrant::apply(m(torch::ones({2, 3})), l->weight);
+    }
+  };
+  auto out = Run::go(model, lin);
+  CHECK_THROWS_WITH(out.sum().backward(),
+                    (Contains("'weight'") || Contains("'bias'")) && Contains("checkpointing"));
+  // The reducer recovers at the next iteration.
+  auto ok = model(torch::ones({2, 3}));
+  CHECK_NOTHROW(ok.sum().backward());
+  CHECK(identical_across_ranks(lin->weight.grad()));
+}

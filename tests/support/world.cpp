@@ -1,0 +1,49 @@
+#include "world.h"
+
+namespace ddp::test {
+namespace {
+std::shared_ptr<ProcessGroup>& world_slot() {
+  static std::shared_ptr<ProcessGroup> pg;
+  return pg;
+}
+} // namespace
+
+std::shared_ptr<ProcessGroup> world_ptr() {
+  if (!world_slot()) throw std::runtime_error("the test main did not create the world process group");
+  return world_slot();
+}
+
+void set_world(std::shared_ptr<ProcessGroup> pg) { world_slot() = std::move(pg); }
+
+bool identical_across_ranks(const at::Tensor& tensor) {
+  ProcessGroup& pg = world();
+  at::Tensor mine = tensor.detach().cpu().contiguous().reshape({-1});
+  at::Tensor bytes = mine.view(at::kByte).clone();
+  std::vector<at::Tensor> all;
+  for (int r = 0; r < pg.size(); ++r) all.push_back(at::empty_like(bytes));
+  pg.allgather(all, bytes)->wait(std::chrono::seconds(60));
+  bool same = true;
+  for (const auto& other : all) same = same && at::equal(other, all[0]);
+  return same;
+}
+
+double max_relative_error(const at::Tensor& actual, const at::Tensor& expected) {
+  at::Tensor a = actual.detach().to(at::kDouble).cpu();
+  at::Tensor e = expected.detach().to(at::kDouble).cpu();
+  const double scale = std::max(e.abs().max().item<double>(), 1e-30);
+  return (a - e).abs().max().item<double>() / scale;
+}
+
+int64_t sum_over_ranks(int64_t value) {
+  at::Tensor t = at::full({1}, value, at::kLong);
+  world().allreduce(t)->wait(std::chrono::seconds(60));
+  return t.item<int64_t>();
+}
+
+Options test_options() {
+  Options options;
+  options.timeout = std::chrono::seconds(60);
+  return options;
+}
+
+} // namespace ddp::test

@@ -1,0 +1,63 @@
+#include <catch2/catch.hpp>
+#include <torch/torch.h>
+
+#include "bucket/bucket.h"
+#include "bucket/bucket_assignment.h"
+
+using ddp::detail::assign_buckets;
+using ddp::detail::BucketCaps;
+using ddp::detail::reverse_order;
+using Buckets = std::vector<std::vector<size_t>>;
+
+namespace {
+std::vector<at::Tensor> floats(std::vector<int64_t> numels, at::ScalarType dtype = at::kFloat) {
+  std::vector<at::Tensor> out;
+  for (auto n : numels) out.push_back(at::zeros({n}, dtype));
+  return out;
+}
+} // namespace
+
+TEST_CASE("buckets follow reverse registration order and close at the caps", "[bucket]") {
+  // 4 tensors of 100 floats = 400 bytes each.
+  auto t = floats({100, 100, 100, 100});
+  // first bucket closes at >= 400 bytes, later ones at >= 800.
+  CHECK(assign_buckets(t, reverse_order(4), {400, 800}) == Buckets{{3}, {2, 1}, {0}});
+  // A huge cap: one bucket with everything, in reverse order.
+  CHECK(assign_buckets(t, reverse_order(4), {1 << 30, 1 << 30}) == Buckets{{3, 2, 1, 0}});
+  // A tiny cap: one tensor per bucket.
+  CHECK(assign_buckets(t, reverse_order(4), {1, 1}) == Buckets{{3}, {2}, {1}, {0}});
+}
+
+TEST_CASE("a tensor bigger than the cap closes its bucket on its own", "[bucket]") {
+  auto t = floats({10, 100000, 10});
+  CHECK(assign_buckets(t, reverse_order(3), {1000, 1000}) == Buckets{{2, 1}, {0}});
+  CHECK(assign_buckets(t, {1, 0, 2}, {1000, 1000}) == Buckets{{1}, {0, 2}});
+}
+
+TEST_CASE("dtypes never share a bucket and each dtype has its own first bucket", "[bucket]") {
+  std::vector<at::Tensor> t{at::zeros({10}), at::zeros({10}, at::kDouble), at::zeros({10}), at::zeros({10}, at::kDouble)};
+  auto buckets = assign_buckets(t, reverse_order(4), {1 << 20, 1 << 20});
+  // Ordered by when their last member is expected ready: double {3,1} before float {2,0}.
+  CHECK(buckets == Buckets{{3, 1}, {2, 0}});
+  // First-bucket cap applies per dtype: 40-byte float tensors, 80-byte doubles.
+  CHECK(assign_buckets(t, reverse_order(4), {40, 1 << 20}) == Buckets{{3}, {2}, {1}, {0}});
+}
+
+TEST_CASE("an empty parameter list gives no buckets", "[bucket]") {
+  CHECK(assign_buckets({}, {}, {1, 1}).empty());
+}
+
+TEST_CASE("a bucket's views are slots of its flat buffer, shaped like the parameters", "[bucket]") {
+  std::vector<at::Tensor> params{at::zeros({2, 3}), at::zeros({4}), at::zeros({5, 1})};
+  ddp::detail::Bucket bucket({2, 0}, params);
+  CHECK(bucket.flat().numel() == 11);
+  CHECK(bucket.view(0).sizes() == params[2].sizes());
+  CHECK(bucket.view(1).sizes() == params[0].sizes());
+  bucket.view(1).fill_(7);
+  CHECK(bucket.flat().narrow(0, 5, 6).eq(7).all().item<bool>());
+  CHECK(bucket.flat().narrow(0, 0, 5).eq(0).all().item<bool>());
+  CHECK(bucket.pending() == 2);
+  CHECK_FALSE(bucket.mark_slot_ready());
+  CHECK(bucket.mark_slot_ready());
+  CHECK(bucket.ready());
+}
