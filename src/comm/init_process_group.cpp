@@ -25,7 +25,7 @@ std::string built_backends() {
   return out.empty() ? "none" : out;
 }
 
-[[noreturn]] void not_built(const std::string& backend) {
+[[noreturn, maybe_unused]] void not_built(const std::string& backend) {
   throw InvalidArgumentError(fmt::format(
       "ddp::init_process_group: the {} backend is not part of this build of libddp (built: {}). Reconfigure with "
       "-DDDP_WITH_{}=ON and make sure its library is found.",

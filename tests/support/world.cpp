@@ -6,6 +6,10 @@ std::shared_ptr<ProcessGroup>& world_slot() {
   static std::shared_ptr<ProcessGroup> pg;
   return pg;
 }
+at::Device& device_slot() {
+  static at::Device device = at::kCPU;
+  return device;
+}
 } // namespace
 
 std::shared_ptr<ProcessGroup> world_ptr() {
@@ -13,17 +17,22 @@ std::shared_ptr<ProcessGroup> world_ptr() {
   return world_slot();
 }
 
-void set_world(std::shared_ptr<ProcessGroup> pg) { world_slot() = std::move(pg); }
+void set_world(std::shared_ptr<ProcessGroup> pg, at::Device device) {
+  world_slot() = std::move(pg);
+  device_slot() = device;
+}
+
+at::Device world_device() { return device_slot(); }
 
 bool identical_across_ranks(const at::Tensor& tensor) {
   ProcessGroup& pg = world();
   at::Tensor mine = tensor.detach().cpu().contiguous().reshape({-1});
-  at::Tensor bytes = mine.view(at::kByte).clone();
+  at::Tensor bytes = mine.view(at::kByte).to(world_device());
   std::vector<at::Tensor> all;
   for (int r = 0; r < pg.size(); ++r) all.push_back(at::empty_like(bytes));
   pg.allgather(all, bytes)->wait(std::chrono::seconds(60));
   bool same = true;
-  for (const auto& other : all) same = same && at::equal(other, all[0]);
+  for (const auto& other : all) same = same && at::equal(other.cpu(), all[0].cpu());
   return same;
 }
 
@@ -35,9 +44,9 @@ double max_relative_error(const at::Tensor& actual, const at::Tensor& expected) 
 }
 
 int64_t sum_over_ranks(int64_t value) {
-  at::Tensor t = at::full({1}, value, at::kLong);
+  at::Tensor t = at::full({1}, value, at::TensorOptions().dtype(at::kLong).device(world_device()));
   world().allreduce(t)->wait(std::chrono::seconds(60));
-  return t.item<int64_t>();
+  return t.cpu().item<int64_t>();
 }
 
 Options test_options() {

@@ -16,7 +16,10 @@ namespace ddp::test {
 // The process group every multi-process test uses (created by the test main).
 std::shared_ptr<ProcessGroup> world_ptr();
 inline ProcessGroup& world() { return *world_ptr(); }
-void set_world(std::shared_ptr<ProcessGroup> pg);
+// `device`: where the group's collectives take their tensors (CPU for MPI, the rank's
+// GPU for NCCL); the helpers below move their tensors there.
+void set_world(std::shared_ptr<ProcessGroup> pg, at::Device device = at::kCPU);
+at::Device world_device();
 
 // True on every rank iff every rank holds bit-identical contents (dtype, shape, bytes).
 bool identical_across_ranks(const at::Tensor& tensor);

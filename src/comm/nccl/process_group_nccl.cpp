@@ -1,0 +1,198 @@
+#include "comm/nccl/process_group_nccl.h"
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <fmt/format.h>
+
+#include <thread>
+
+#include <ddp/error.h>
+
+#include "comm/nccl/nccl_check.h"
+#include "comm/nccl/nccl_comm.h"
+#include "comm/nccl/nccl_types.h"
+#include "comm/nccl/work_nccl.h"
+#include "common/logging.h"
+
+namespace ddp::nccl {
+namespace {
+
+std::string describe(const char* op, const at::Tensor& t) {
+  return fmt::format("nccl {} of {} x {} ({:.2f} MiB) on {}", op, t.numel(), c10::toString(t.scalar_type()),
+                     static_cast<double>(t.nbytes()) / (1 << 20), t.device().str());
+}
+
+} // namespace
+
+ProcessGroupNCCL::ProcessGroupNCCL(int rank, int size, c10::Device device, const ncclUniqueId& id)
+    : rank_(rank),
+      size_(size),
+      device_(device),
+      comm_stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index())) {
+  if (!device_.is_cuda() || !device_.has_index()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] ProcessGroupNCCL needs a CUDA device with an index, got {}", rank_, device_.str()));
+  }
+  comm_ = std::make_shared<NcclComm>(size_, id, rank_, device_.index());
+  detail::log(detail::LogLevel::kInfo, rank_, "NCCL process group of {} ranks on {} (NCCL {}.{}.{})", size_,
+              device_.str(), NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH);
+}
+
+ProcessGroupNCCL::~ProcessGroupNCCL() {
+  if (comm_->aborted()) return;
+  // Drain the communication stream, watching for a dead peer, so that destroying the
+  // communicator never waits forever.
+  const auto deadline = std::chrono::steady_clock::now() + timeout();
+  c10::cuda::CUDAGuard guard(device_);
+  for (;;) {
+    const cudaError_t status = cudaStreamQuery(comm_stream_.stream());
+    if (status == cudaSuccess) break;
+    (void)cudaGetLastError();
+    const ncclResult_t async = comm_->async_error();
+    const bool failed = status != cudaErrorNotReady || (async != ncclSuccess && async != ncclInProgress);
+    if (failed || std::chrono::steady_clock::now() >= deadline) {
+      comm_->abort(fmt::format("[ddp rank {}] the NCCL process group on {} was destroyed while {} ({})", rank_,
+                               device_.str(),
+                               failed ? "its communication stream had failed"
+                                      : "collectives were still queued after the timeout",
+                               failed ? (status != cudaErrorNotReady ? cudaGetErrorString(status)
+                                                                     : ncclGetErrorString(async))
+                                      : "another rank stopped issuing them"));
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+void ProcessGroupNCCL::check_usable(const char* op) const {
+  if (comm_->aborted()) {
+    throw CommError(fmt::format(
+        "[ddp rank {}] {}: this NCCL process group cannot be used: its communicator was aborted after an earlier "
+        "failure: {}. Create a new process group (every rank must), or restart the job.",
+        rank_, op, comm_->abort_reason()));
+  }
+}
+
+void ProcessGroupNCCL::check_tensor(const at::Tensor& tensor, const char* op) const {
+  if (!tensor.defined()) {
+    throw InvalidArgumentError(fmt::format("[ddp rank {}] {}: the tensor is undefined", rank_, op));
+  }
+  if (!tensor.device().is_cuda()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] {}: the NCCL backend handles CUDA tensors, got a tensor on {}. Move the model to {} first "
+        "(module->to(device)), or use the MPI backend for CPU tensors: ddp::init_process_group(\"mpi\").",
+        rank_, op, tensor.device().str(), device_.str()));
+  }
+  if (tensor.device() != device_) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] {}: the tensor is on {} but this NCCL process group is bound to {} (one device per rank, "
+        "chosen by LOCAL_RANK or the device passed to init_process_group). Move the tensor to {}.",
+        rank_, op, tensor.device().str(), device_.str(), device_.str()));
+  }
+  if (tensor.is_sparse() || !tensor.is_contiguous()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] {}: the tensor must be dense and contiguous (call .contiguous() first)", rank_, op));
+  }
+}
+
+template <typename Call>
+std::shared_ptr<Work> ProcessGroupNCCL::launch(const char* op, std::string description,
+                                               const std::vector<at::Tensor>& tensors, Call call) {
+  check_usable(op);
+  c10::cuda::CUDAGuard device_guard(device_);
+  auto work = std::make_shared<WorkNCCL>(std::move(description), ++sequence_, rank_, device_, comm_);
+  work->mark_started();
+
+  // 1. The communication stream waits for what the caller's stream has queued so far.
+  at::cuda::CUDAEvent ready;
+  ready.record(c10::cuda::getCurrentCUDAStream(device_.index()));
+  ready.block(comm_stream_);
+  // 2. The caching allocator must not hand these blocks out again until the
+  //    communication stream is done with them, even if the caller frees them first.
+  for (const auto& t : tensors) {
+    c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), comm_stream_);
+  }
+  // 3. The collective, then its completion event.
+  call(comm_.get(), comm_stream_);
+  work->record_end(comm_stream_);
+  return work;
+}
+
+std::shared_ptr<Work> ProcessGroupNCCL::allreduce(at::Tensor tensor) {
+  check_tensor(tensor, "allreduce");
+  const ncclDataType_t type = datatype_for(tensor.scalar_type(), "allreduce", rank_);
+  // A "sum" of booleans is a logical or, as in PyTorch.
+  const ncclRedOp_t op = tensor.scalar_type() == at::kBool ? ncclMax : ncclSum;
+  std::lock_guard<std::mutex> lock(mutex_);
+  return launch("allreduce", describe("allreduce", tensor), {tensor},
+                [&](NcclComm* comm, const c10::cuda::CUDAStream& stream) {
+                  void* data = tensor.data_ptr();
+                  DDP_CHECK_NCCL_ABORT(comm, ncclAllReduce(data, data, static_cast<size_t>(tensor.numel()), type, op,
+                                                           comm->get(), stream.stream()));
+                });
+}
+
+std::shared_ptr<Work> ProcessGroupNCCL::broadcast(at::Tensor tensor, int root) {
+  check_tensor(tensor, "broadcast");
+  if (root < 0 || root >= size_) {
+    throw InvalidArgumentError(
+        fmt::format("[ddp rank {}] broadcast: root {} is not a rank of this group (size {})", rank_, root, size_));
+  }
+  const ncclDataType_t type = datatype_for(tensor.scalar_type(), "broadcast", rank_);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return launch("broadcast", describe("broadcast", tensor), {tensor},
+                [&](NcclComm* comm, const c10::cuda::CUDAStream& stream) {
+                  void* data = tensor.data_ptr();
+                  DDP_CHECK_NCCL_ABORT(comm, ncclBroadcast(data, data, static_cast<size_t>(tensor.numel()), type,
+                                                           root, comm->get(), stream.stream()));
+                });
+}
+
+std::shared_ptr<Work> ProcessGroupNCCL::allgather(std::vector<at::Tensor> outputs, at::Tensor input) {
+  check_tensor(input, "allgather");
+  if (static_cast<int>(outputs.size()) != size_) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] allgather: {} output tensors given, the group has {} ranks (one output per rank)", rank_,
+        outputs.size(), size_));
+  }
+  for (const auto& out : outputs) {
+    check_tensor(out, "allgather");
+    if (out.numel() != input.numel() || out.scalar_type() != input.scalar_type()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] allgather: every output must have the input's size and dtype ({} x {}), got {} x {}", rank_,
+          input.numel(), c10::toString(input.scalar_type()), out.numel(), c10::toString(out.scalar_type())));
+    }
+  }
+  const ncclDataType_t type = datatype_for(input.scalar_type(), "allgather", rank_);
+  std::vector<at::Tensor> used = outputs;
+  used.push_back(input);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return launch("allgather", describe("allgather", input), used,
+                [&](NcclComm* comm, const c10::cuda::CUDAStream& stream) {
+                  // NCCL gathers into one buffer; it is allocated on the communication
+                  // stream, so the allocator orders its reuse on that stream by itself.
+                  c10::cuda::CUDAStreamGuard stream_guard(stream);
+                  at::Tensor flat = at::empty({static_cast<int64_t>(size_), input.numel()}, input.options());
+                  DDP_CHECK_NCCL_ABORT(comm, ncclAllGather(input.data_ptr(), flat.data_ptr(),
+                                                           static_cast<size_t>(input.numel()), type, comm->get(),
+                                                           stream.stream()));
+                  for (int r = 0; r < size_; ++r) {
+                    outputs[static_cast<size_t>(r)].view({-1}).copy_(flat[r], /*non_blocking=*/true);
+                  }
+                });
+}
+
+void ProcessGroupNCCL::barrier() {
+  // NCCL has no barrier: a one-element all-reduce that every rank must join, waited for
+  // on the host.
+  at::Tensor token;
+  {
+    c10::cuda::CUDAGuard guard(device_);
+    token = at::zeros({1}, at::TensorOptions().dtype(at::kFloat).device(device_));
+  }
+  allreduce(token)->wait(timeout());
+}
+
+} // namespace ddp::nccl

@@ -1,0 +1,68 @@
+// ProcessGroupNCCL: ddp::ProcessGroup over NCCL for CUDA tensors on one device (the one
+// this rank is bound to). Every collective runs on the group's one communication
+// stream, taken from LibTorch's stream pool:
+//   1. an event recorded on the caller's current stream (the producer) is waited on by
+//      the communication stream, so the collective reads finished data;
+//   2. the caching allocator is told (recordStream) that each tensor is used on the
+//      communication stream, so its memory is not reused before the collective ends;
+//   3. the NCCL call is queued, then a completion event (see WorkNCCL).
+// Nothing here blocks the host except barrier() and WorkNCCL::wait(timeout). Issuing is
+// serialised by a mutex, so collectives are queued, and complete, in issue order.
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/cuda/CUDAStream.h>
+#include <nccl.h>
+
+#include <memory>
+#include <mutex>
+
+#include <ddp/process_group.h>
+
+namespace ddp::nccl {
+
+class NcclComm;
+class WorkNCCL;
+
+class ProcessGroupNCCL final : public ProcessGroup {
+ public:
+  // Joins the NCCL communicator named by `id` (from rank 0, through a rendezvous) as
+  // `rank` of `size`, on `device`. Blocks until every rank has joined.
+  ProcessGroupNCCL(int rank, int size, c10::Device device, const ncclUniqueId& id);
+  // Waits (up to timeout()) for queued collectives, then destroys the communicator; aborts
+  // it instead when they do not finish, so that exit never hangs on a dead peer.
+  ~ProcessGroupNCCL() override;
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "nccl"; }
+
+  std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
+  std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
+  std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  void barrier() override;
+
+  c10::Device device() const { return device_; }
+  c10::cuda::CUDAStream comm_stream() const { return comm_stream_; }
+
+ private:
+  // Throws InvalidArgumentError unless `tensor` is a dense contiguous tensor on device_.
+  void check_tensor(const at::Tensor& tensor, const char* op) const;
+  // Throws CommError when the communicator was aborted by an earlier failure.
+  void check_usable(const char* op) const;
+  // Steps 1-2 for `tensors`, then `call(comm, stream)` (the NCCL call), then the
+  // completion event. Must be called with mutex_ held.
+  template <typename Call>
+  std::shared_ptr<Work> launch(const char* op, std::string description, const std::vector<at::Tensor>& tensors,
+                               Call call);
+
+  const int rank_;
+  const int size_;
+  const c10::Device device_;
+  c10::cuda::CUDAStream comm_stream_;
+  std::shared_ptr<NcclComm> comm_;
+  std::mutex mutex_;
+  uint64_t sequence_ = 0;
+};
+
+} // namespace ddp::nccl

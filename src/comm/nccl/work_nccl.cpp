@@ -1,0 +1,115 @@
+#include "comm/nccl/work_nccl.h"
+
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+#include <fmt/format.h>
+
+#include <thread>
+
+#include <ddp/error.h>
+
+#include "comm/nccl/nccl_check.h"
+#include "comm/nccl/nccl_comm.h"
+
+namespace ddp::nccl {
+
+WorkNCCL::WorkNCCL(std::string description, uint64_t sequence, int rank, c10::Device device,
+                   std::shared_ptr<NcclComm> comm)
+    : Work(std::move(description), sequence, rank), device_(device), comm_(std::move(comm)) {}
+
+void WorkNCCL::record_end(const c10::cuda::CUDAStream& stream) {
+  end_event_.record(stream);
+}
+
+void WorkNCCL::mark_done(std::exception_ptr error) const {
+  if (!done_.exchange(true)) {
+    // finish() only touches the base's own synchronised state.
+    const_cast<WorkNCCL*>(this)->finish(std::move(error));
+  }
+}
+
+bool WorkNCCL::is_completed() const {
+  if (done_.load()) return true;
+  if (comm_->aborted()) {
+    mark_done(std::make_exception_ptr(CommError(fmt::format(
+        "[ddp rank {}] collective #{} ({}) did not complete: the NCCL communicator was aborted: {}", rank_, sequence_,
+        description_, comm_->abort_reason()))));
+    return true;
+  }
+  const cudaError_t status = cudaEventQuery(end_event_.event());
+  if (status == cudaSuccess) {
+    mark_done();
+    return true;
+  }
+  if (status == cudaErrorNotReady) {
+    (void)cudaGetLastError();  // not an error: do not leave it for the next check
+    return false;
+  }
+  DDP_CHECK_CUDA(status);
+  return false;
+}
+
+template <typename E>
+void WorkNCCL::fail(const std::string& message) {
+  comm_->abort(message);
+  const std::string full =
+      message + " The NCCL communicator has been aborted so that no rank hangs on it; this process group cannot be "
+                "used again.";
+  mark_done(std::make_exception_ptr(E(full)));
+  throw E(full);
+}
+
+void WorkNCCL::wait_on_host(std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  auto pause = std::chrono::microseconds(10);
+  for (;;) {
+    if (comm_->aborted()) {
+      throw CommError(fmt::format(
+          "[ddp rank {}] collective #{} ({}) cannot complete: the NCCL communicator was aborted earlier: {}", rank_,
+          sequence_, description_, comm_->abort_reason()));
+    }
+    const cudaError_t status = cudaEventQuery(end_event_.event());
+    if (status == cudaSuccess) {
+      mark_done();
+      return;
+    }
+    if (status != cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      fail<CommError>(fmt::format("[ddp rank {}] collective #{} ({}) failed on the GPU: CUDA error {} ({}).", rank_,
+                                  sequence_, description_, cudaGetErrorString(status), cudaGetErrorName(status)));
+    }
+    (void)cudaGetLastError();
+    const ncclResult_t async = comm_->async_error();
+    if (async != ncclSuccess && async != ncclInProgress) {
+      const char* last = ncclGetLastError(comm_->get());
+      fail<CommError>(fmt::format("[ddp rank {}] collective #{} ({}) failed: NCCL reports {}{}.", rank_, sequence_,
+                                  description_, describe_result(async),
+                                  (last != nullptr && *last != '\0') ? fmt::format(" (\"{}\")", last) : ""));
+    }
+    if (Clock::now() >= deadline) {
+      fail<TimeoutError>(fmt::format(
+          "[ddp rank {}] collective #{} ({}) did not complete within {} ms. Another rank is not issuing the same "
+          "collectives in the same order: it crashed, is stuck, skipped a backward(), or runs a different model or "
+          "number of iterations. Check the other ranks' output; raise Options::timeout (or DDP_TIMEOUT_S) only if "
+          "that rank is merely slow.",
+          rank_, sequence_, description_, timeout.count()));
+    }
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(1000));
+  }
+}
+
+void WorkNCCL::wait(std::chrono::milliseconds timeout) {
+  if (timeout.count() >= 0) {
+    wait_on_host(timeout);
+  } else if (comm_->aborted()) {
+    throw CommError(fmt::format(
+        "[ddp rank {}] collective #{} ({}) cannot complete: the NCCL communicator was aborted: {}", rank_, sequence_,
+        description_, comm_->abort_reason()));
+  }
+  // Order the consumer after the collective on the GPU, whichever way we waited.
+  c10::cuda::CUDAGuard guard(device_);
+  end_event_.block(c10::cuda::getCurrentCUDAStream(device_.index()));
+}
+
+} // namespace ddp::nccl

@@ -1,0 +1,55 @@
+// WorkNCCL: the handle on one collective queued on a ProcessGroupNCCL's communication
+// stream. Completion is a CUDA event recorded after the NCCL call, so waiting can mean
+// two things:
+//  - wait() with no timeout makes the caller's *current* CUDA stream wait on that event
+//    and returns at once: no host synchronisation, the GPU orders the consumer after
+//    the collective (what the reducer's hot path wants);
+//  - wait(timeout) also blocks the host, polling the event and ncclCommGetAsyncError,
+//    and on a NCCL failure or an expired timeout aborts the communicator (so every
+//    rank's kernels end instead of hanging) and throws CommError or TimeoutError naming
+//    the rank and the collective.
+// start_time() is when the collective was queued; end_time() when the host first saw it
+// complete (is_completed() or wait(timeout)).
+#pragma once
+
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/core/Device.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <atomic>
+#include <memory>
+
+#include <ddp/work.h>
+
+namespace ddp::nccl {
+
+class NcclComm;
+
+class WorkNCCL final : public Work {
+ public:
+  WorkNCCL(std::string description, uint64_t sequence, int rank, c10::Device device, std::shared_ptr<NcclComm> comm);
+
+  // Records the completion event on `stream`, after the collective's NCCL call.
+  void record_end(const c10::cuda::CUDAStream& stream);
+
+  // True once the GPU has finished the collective, or it failed (the communicator was
+  // aborted). Never blocks.
+  bool is_completed() const override;
+  void wait(std::chrono::milliseconds timeout = kNoTimeout) override;
+
+ private:
+  // Blocks the host until the event completes, a NCCL error shows, or `timeout` passes.
+  void wait_on_host(std::chrono::milliseconds timeout);
+  // Aborts the communicator, marks this work failed and throws `error`.
+  template <typename E>
+  [[noreturn]] void fail(const std::string& message);
+  // Records the end time and completion once.
+  void mark_done(std::exception_ptr error = nullptr) const;
+
+  const c10::Device device_;
+  const std::shared_ptr<NcclComm> comm_;
+  at::cuda::CUDAEvent end_event_;
+  mutable std::atomic<bool> done_{false};
+};
+
+} // namespace ddp::nccl

@@ -1,0 +1,104 @@
+// The reducer on CUDA (NCCL, one GPU per rank): gradients equal single-process
+// autograd, unused parameters, gradient_as_bucket_view, bfloat16 parameters.
+#include <catch2/catch.hpp>
+
+#include "models.h"
+#include "world.h"
+
+namespace {
+
+using ddp::test::max_relative_error;
+
+template <typename Holder>
+void check_against_oracle(ddp::Options options, torch::Dtype dtype, double tolerance) {
+  auto pg = ddp::test::world_ptr();
+  const auto device = ddp::test::world_device();
+  const int n = pg->size();
+  const int r = pg->rank();
+  torch::manual_seed(3);
+  Holder oracle;
+  torch::manual_seed(3);
+  Holder local;
+  oracle->to(device, dtype);
+  local->to(device, dtype);
+  ddp::DistributedDataParallel model(local, pg, options);
+  torch::optim::SGD opt(local->parameters(), 0.1);
+  torch::optim::SGD oracle_opt(oracle->parameters(), 0.1);
+  for (int it = 0; it < 3; ++it) {
+    CAPTURE(it);
+    torch::manual_seed(50 + it);
+    auto x = torch::randn({4 * n, 8}).to(device, dtype);
+    auto y = torch::randint(4, {4 * n}).to(device);
+    opt.zero_grad();
+    oracle_opt.zero_grad();
+    auto out = model(x.narrow(0, 4 * r, 4));
+    torch::nn::functional::cross_entropy(out.to(torch::kFloat), y.narrow(0, 4 * r, 4)).backward();
+    torch::nn::functional::cross_entropy(oracle->forward(x).to(torch::kFloat), y).backward();
+    auto got = ddp::test::gradients_of(*local);
+    auto want = ddp::test::gradients_of(*oracle);
+    for (size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(got[i].first);
+      REQUIRE(got[i].second.defined());
+      CHECK(got[i].second.device() == device);
+      CHECK(max_relative_error(got[i].second, want[i].second) <= tolerance);
+      CHECK(ddp::test::identical_across_ranks(got[i].second));
+    }
+    opt.step();
+    oracle_opt.step();
+  }
+}
+
+} // namespace
+
+TEST_CASE("CUDA: DDP gradients equal single-process autograd", "[gpu][reducer]") {
+  for (double cap : {1e-6, 25.0}) {
+    CAPTURE(cap);
+    ddp::Options o = ddp::test::test_options();
+    o.first_bucket_cap_mb = cap;
+    o.bucket_cap_mb = cap;
+    check_against_oracle<ddp::test::Mlp>(o, torch::kFloat, 1e-5);
+  }
+}
+
+TEST_CASE("CUDA: gradient_as_bucket_view makes .grad alias the bucket", "[gpu][reducer]") {
+  ddp::Options o = ddp::test::test_options();
+  o.gradient_as_bucket_view = true;
+  check_against_oracle<ddp::test::Mlp>(o, torch::kFloat, 1e-5);
+  ddp::test::Mlp net;
+  net->to(ddp::test::world_device());
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), o);
+  model(torch::randn({2, 8}, torch::TensorOptions().device(ddp::test::world_device()))).sum().backward();
+  const auto& g1 = net->fc1->weight.grad();
+  const auto& g3 = net->fc3->weight.grad();
+  // One bucket: both gradients live in the same storage.
+  CHECK(g1.is_alias_of(g3));
+}
+
+TEST_CASE("CUDA: bfloat16 parameters reduce in bfloat16", "[gpu][reducer]") {
+  ddp::Options o = ddp::test::test_options();
+  check_against_oracle<ddp::test::Mlp>(o, torch::kBFloat16, 2e-2);
+}
+
+TEST_CASE("CUDA: unused parameters keep .grad untouched and are named", "[gpu][reducer]") {
+  struct TwoHeadsImpl : torch::nn::Module {
+    TwoHeadsImpl() {
+      a = register_module("a", torch::nn::Linear(4, 4));
+      b = register_module("b", torch::nn::Linear(4, 4));
+    }
+    std::vector<torch::Tensor> forward(torch::Tensor x) { return {a(x), b(x)}; }
+    torch::nn::Linear a{nullptr}, b{nullptr};
+  };
+  auto net = std::make_shared<TwoHeadsImpl>();
+  net->to(ddp::test::world_device());
+  for (bool find_unused : {false, true}) {
+    ddp::Options o = ddp::test::test_options();
+    o.find_unused_parameters = find_unused;
+    for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
+    ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), o);
+    auto outs = model(torch::ones({2, 4}, torch::TensorOptions().device(ddp::test::world_device())));
+    outs[0].sum().backward(); // b returned but unused
+    CHECK(model.reducer().unused_parameters() == std::vector<std::string>{"b.weight", "b.bias"});
+    CHECK_FALSE(net->b->weight.grad().defined());
+    CHECK(torch::allclose(net->a->bias.grad().cpu(), torch::full({4}, 2.0)));
+  }
+}
