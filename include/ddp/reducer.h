@@ -53,6 +53,8 @@ class Reducer {
 
   // Parameter names per bucket, in bucket (launch) order.
   std::vector<std::vector<std::string>> bucket_layout() const;
+  // Size in bytes of each bucket, in bucket order.
+  std::vector<int64_t> bucket_bytes() const;
   // Names of the parameters the reducer manages, in registration order.
   const std::vector<std::string>& parameter_names() const;
 

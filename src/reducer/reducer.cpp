@@ -23,6 +23,7 @@ void Reducer::set_require_sync(bool require_sync) { impl_->require_sync = requir
 std::vector<std::string> Reducer::unused_parameters() const { return impl_->unused_names(/*global=*/true); }
 std::vector<std::string> Reducer::locally_unused_parameters() const { return impl_->unused_names(/*global=*/false); }
 std::vector<std::vector<std::string>> Reducer::bucket_layout() const { return impl_->bucket_layout(); }
+std::vector<int64_t> Reducer::bucket_bytes() const { return impl_->bucket_bytes(); }
 const std::vector<std::string>& Reducer::parameter_names() const { return impl_->names; }
 const ReducerStats& Reducer::stats() const { return impl_->stats; }
 const Timeline& Reducer::timeline() const { return impl_->timeline; }

@@ -673,6 +673,12 @@ std::vector<std::vector<std::string>> Reducer::Impl::bucket_layout() const {
   return out;
 }
 
+std::vector<int64_t> Reducer::Impl::bucket_bytes() const {
+  std::vector<int64_t> out;
+  for (const auto& b : buckets_) out.push_back(static_cast<int64_t>(b->bytes()));
+  return out;
+}
+
 void Reducer::Impl::write_timeline(const std::string& path) const {
   timeline.write_chrome_trace(timeline_path_for(path, rank_), rank_, names, origin_);
 }

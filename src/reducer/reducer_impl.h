@@ -38,6 +38,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
 
   std::vector<std::string> unused_names(bool global) const;
   std::vector<std::vector<std::string>> bucket_layout() const;
+  std::vector<int64_t> bucket_bytes() const;
   void write_timeline(const std::string& path) const;
 
   // The state of one iteration, as seen by the hooks.

@@ -1,0 +1,529 @@
+// ddp_bench: step time of a trainer with libddp, against the same trainer without DDP
+// and the naive per-parameter all-reduce loop, on one machine under mpirun.
+//
+//   mpirun -np 2 build/bench/ddp_bench                     # every model, CPU, table
+//   mpirun -np 2 build/bench/ddp_bench --model mlp --json out.json
+//   mpirun -np 2 build/bench/ddp_bench --model mlp --sweep 0.25,1,4,16,64 --sweep-out sweep
+//
+// Modes run interleaved window by window (local, ddp, naive, local, ddp, ...) so that
+// drift in the machine's speed hits them alike. Rank 0 prints; every rank computes.
+#include <ddp/ddp.h>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "bench_models.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Config {
+  std::vector<std::string> models{"mlp", "small", "convnet", "deepsup"};
+  std::vector<std::string> modes{"local", "ddp", "naive"};
+  int iterations = 30; // timed steps per mode
+  int warmup = 5;
+  int window = 5; // steps per timed window
+  double bucket_cap_mb = 25.0;
+  double first_bucket_cap_mb = 1.0;
+  bool find_unused = false;
+  bool grad_as_bucket_view = false;
+  int threads = 1;
+  std::string json_path;
+  std::string device = "cpu";
+  std::vector<double> sweep_caps;
+  std::string sweep_out = "bench_sweep";
+  std::string timeline_path;
+};
+
+[[noreturn]] void usage(int rc) {
+  std::printf(
+      "usage: mpirun -np N ddp_bench [options]\n"
+      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all)\n"
+      "  --mode MODE[,MODE]      local (no DDP), ddp, ddp_fu (ddp with find_unused_parameters),\n"
+      "                          naive (per-parameter all-reduce after backward) (default: local,ddp,naive)\n"
+      "  --iterations N          timed steps per mode (default 30)\n"
+      "  --warmup N              untimed steps per mode first (default 5)\n"
+      "  --window N              steps per timed window; medians are over windows (default 5)\n"
+      "  --bucket-cap-mb X       Options::bucket_cap_mb (default 25)\n"
+      "  --first-bucket-cap-mb X Options::first_bucket_cap_mb (default 1)\n"
+      "  --find-unused           Options::find_unused_parameters = true\n"
+      "  --grad-as-bucket-view   Options::gradient_as_bucket_view = true\n"
+      "  --threads N             compute threads per rank (default 1)\n"
+      "  --device cpu|cuda       where the model runs (cuda: NCCL backend)\n"
+      "  --json PATH             also write the results as JSON\n"
+      "  --sweep CAPS            step time against bucket cap (MiB, comma-separated): CSV + PNG\n"
+      "  --sweep-out PREFIX      files of the sweep: PREFIX.csv, PREFIX.png (default bench_sweep)\n"
+      "  --timeline PATH         write the DDP mode's Chrome-trace timeline (PATH.rank<R>.json)\n");
+  std::exit(rc);
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+Config parse(int argc, char** argv) {
+  Config c;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "ddp_bench: %s needs a value\n", a.c_str());
+        usage(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") usage(0);
+    else if (a == "--model") c.models = value() == "all" ? c.models : split(argv[i]);
+    else if (a == "--mode") c.modes = split(value());
+    else if (a == "--iterations") c.iterations = std::stoi(value());
+    else if (a == "--warmup") c.warmup = std::stoi(value());
+    else if (a == "--window") c.window = std::stoi(value());
+    else if (a == "--bucket-cap-mb") c.bucket_cap_mb = std::stod(value());
+    else if (a == "--first-bucket-cap-mb") c.first_bucket_cap_mb = std::stod(value());
+    else if (a == "--find-unused") c.find_unused = true;
+    else if (a == "--grad-as-bucket-view") c.grad_as_bucket_view = true;
+    else if (a == "--threads") c.threads = std::stoi(value());
+    else if (a == "--device") c.device = value();
+    else if (a == "--json") c.json_path = value();
+    else if (a == "--sweep") {
+      for (const auto& s : split(value())) c.sweep_caps.push_back(std::stod(s));
+    } else if (a == "--sweep-out") c.sweep_out = value();
+    else if (a == "--timeline") c.timeline_path = value();
+    else {
+      std::fprintf(stderr, "ddp_bench: unknown option %s\n", a.c_str());
+      usage(2);
+    }
+  }
+  if (c.iterations < 1 || c.window < 1 || c.warmup < 0 || c.threads < 1) {
+    std::fprintf(stderr, "ddp_bench: --iterations, --window and --threads must be >= 1, --warmup >= 0\n");
+    usage(2);
+  }
+  for (const auto& m : c.modes) {
+    if (m != "local" && m != "ddp" && m != "ddp_fu" && m != "naive") {
+      std::fprintf(stderr, "ddp_bench: unknown mode '%s' (local, ddp, ddp_fu, naive)\n", m.c_str());
+      usage(2);
+    }
+  }
+  return c;
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const double pos = q * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - lo);
+}
+
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+// One trainer: a model, its optimizer, the step, and the mode's communication.
+struct Trainer {
+  std::string mode;
+  std::function<void(int)> step; // one full training step of iteration i
+  std::function<const ddp::Reducer*()> reducer = [] { return nullptr; };
+  int64_t parameter_bytes = 0; // trainable parameters: what one step must all-reduce
+  std::vector<double> window_ms;
+};
+
+struct Result {
+  std::string model, mode;
+  double median_ms = 0, p90_ms = 0, samples_per_s = 0;
+  int64_t bytes_per_step = 0, buckets = 0;
+  std::vector<int64_t> bucket_bytes;
+  double hook_ms = 0, finalize_ms = 0, finalize_wait_ms = 0, walk_ms = 0, hidden_fraction = -1;
+};
+
+struct ModelSpec {
+  std::function<std::shared_ptr<torch::nn::Module>()> make;
+  int64_t batch;
+};
+
+// Naive loop (what C++ users write without libddp): after backward, one all-reduce per
+// parameter, waited at once, then divide. No buckets, no overlap.
+void naive_allreduce(ddp::ProcessGroup& pg, torch::nn::Module& m) {
+  for (auto& p : m.parameters()) {
+    if (!p.requires_grad()) continue;
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    pg.allreduce(p.grad())->wait();
+    p.mutable_grad().div_(pg.size());
+  }
+}
+
+template <typename Holder, typename Input, typename LossFn>
+std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp::ProcessGroup>& pg,
+                                   const ddp::Options& options, torch::Device device, Input input, LossFn loss_fn,
+                                   std::vector<std::shared_ptr<void>>& keep) {
+  std::vector<Trainer> trainers;
+  for (const auto& mode : cfg.modes) {
+    torch::manual_seed(1);
+    auto net = std::make_shared<Holder>();
+    (*net)->to(device);
+    auto opt = std::make_shared<torch::optim::SGD>((*net)->parameters(), torch::optim::SGDOptions(0.01));
+    keep.push_back(net);
+    keep.push_back(opt);
+    Trainer t;
+    t.mode = mode;
+    for (const auto& p : (*net)->parameters()) {
+      if (p.requires_grad()) t.parameter_bytes += p.numel() * p.element_size();
+    }
+    if (mode == "ddp" || mode == "ddp_fu") {
+      ddp::Options mode_options = options;
+      if (mode == "ddp_fu") mode_options.find_unused_parameters = true;
+      auto model = std::make_shared<ddp::DistributedDataParallel<typename Holder::Impl>>(net->ptr(), pg, mode_options);
+      keep.push_back(model);
+      t.step = [model, opt, input, loss_fn](int i) {
+        opt->zero_grad();
+        loss_fn((*model)(input), i).backward();
+        opt->step();
+      };
+      t.reducer = [model] { return &model->reducer(); };
+    } else {
+      const bool naive = mode == "naive";
+      t.step = [net, opt, input, loss_fn, naive, pg](int i) {
+        opt->zero_grad();
+        loss_fn((*net)->forward(input), i).backward();
+        if (naive) naive_allreduce(*pg, **net);
+        opt->step();
+      };
+    }
+    trainers.push_back(std::move(t));
+  }
+  return trainers;
+}
+
+// Fraction of the collectives' time that ran before backward's compute ended (finalize
+// start): communication hidden behind computation.
+double hidden_fraction(const ddp::Timeline& timeline) {
+  std::map<int64_t, Clock::time_point> finalize_start;
+  for (const auto& e : timeline.events()) {
+    if (e.kind == ddp::Timeline::Kind::kFinalize) finalize_start[e.iteration] = e.start;
+  }
+  double total = 0, hidden = 0;
+  for (const auto& e : timeline.events()) {
+    if (e.kind != ddp::Timeline::Kind::kCollective || !finalize_start.count(e.iteration)) continue;
+    const double d = std::chrono::duration<double>(e.end - e.start).count();
+    const auto cut = std::min(e.end, finalize_start[e.iteration]);
+    total += d;
+    if (cut > e.start) hidden += std::chrono::duration<double>(cut - e.start).count();
+  }
+  return total > 0 ? hidden / total : -1;
+}
+
+struct Bench {
+  Config cfg;
+  std::shared_ptr<ddp::ProcessGroup> pg;
+  torch::Device device;
+  bool root;
+
+  // A progress line on a terminal; nothing when stderr is a file or a pipe (CI logs).
+  void progress(const std::string& what) const {
+    if (root && isatty(STDERR_FILENO)) {
+      std::fprintf(stderr, "\r[ddp_bench] %-70s", what.c_str());
+      std::fflush(stderr);
+    }
+  }
+
+  std::vector<Trainer> trainers_for(const std::string& model, const ddp::Options& options,
+                                    std::vector<std::shared_ptr<void>>& keep, int64_t& batch) {
+    using namespace ddp::bench;
+    const auto f = torch::TensorOptions().device(device);
+    torch::manual_seed(100 + pg->rank()); // every rank its own data
+    if (model == "mlp") {
+      batch = 32;
+      auto x = torch::randn({batch, 1024}, f);
+      auto y = torch::randint(1024, {batch}, f.dtype(torch::kLong));
+      return make_trainers<Mlp>(cfg, pg, options, device, x,
+                                [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); },
+                                keep);
+    }
+    if (model == "small") {
+      batch = 64;
+      auto x = torch::randn({batch, 32}, f);
+      return make_trainers<Small>(cfg, pg, options, device, x, [](torch::Tensor out, int) { return out.pow(2).mean(); },
+                                  keep);
+    }
+    if (model == "convnet") {
+      batch = 16;
+      auto x = torch::randn({batch, 3, 32, 32}, f);
+      auto y = torch::randint(10, {batch}, f.dtype(torch::kLong));
+      return make_trainers<ConvNet>(
+          cfg, pg, options, device, x,
+          [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
+    }
+    if (model == "deepsup") {
+      batch = 32;
+      auto x = torch::randn({batch, 256}, f);
+      auto y = torch::randint(10, {batch}, f.dtype(torch::kLong));
+      // Heads 0..4 rotate in and out of the loss; head 5 is returned but never used.
+      return make_trainers<DeepSup>(cfg, pg, options, device, x,
+                                    [y](std::vector<torch::Tensor> outs, int i) {
+                                      torch::Tensor loss = torch::nn::functional::cross_entropy(outs[4], y);
+                                      for (int k = 0; k < 4; ++k) {
+                                        if ((i + k) % 3 != 0) loss = loss + 0.3 * torch::nn::functional::cross_entropy(outs[k], y);
+                                      }
+                                      return loss;
+                                    },
+                                    keep);
+    }
+    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup)\n", model.c_str());
+    std::exit(2);
+  }
+
+  ddp::Options options(double cap_mb) const {
+    ddp::Options o;
+    o.bucket_cap_mb = cap_mb;
+    o.first_bucket_cap_mb = cfg.first_bucket_cap_mb;
+    o.find_unused_parameters = cfg.find_unused;
+    o.gradient_as_bucket_view = cfg.grad_as_bucket_view;
+    return o;
+  }
+
+  void sync_device() const {
+    if (device.is_cuda()) pg->barrier(); // the barrier's wait orders after queued GPU work
+  }
+
+  std::vector<Result> run_model(const std::string& model, double cap_mb) {
+    std::vector<std::shared_ptr<void>> keep;
+    int64_t batch = 0;
+    auto trainers = trainers_for(model, options(cap_mb), keep, batch);
+    int step = 0;
+    for (auto& t : trainers) {
+      for (int i = 0; i < cfg.warmup; ++i) {
+        progress(model + ": warm-up " + t.mode);
+        t.step(step++);
+      }
+    }
+    std::map<std::string, ddp::ReducerStats> before;
+    for (auto& t : trainers) {
+      if (auto* r = t.reducer()) before[t.mode] = r->stats();
+    }
+    const int windows = std::max(1, cfg.iterations / cfg.window);
+    for (int w = 0; w < windows; ++w) {
+      for (auto& t : trainers) {
+        progress(model + ": window " + std::to_string(w + 1) + "/" + std::to_string(windows) + " " + t.mode);
+        pg->barrier();
+        const auto start = Clock::now();
+        for (int i = 0; i < cfg.window; ++i) t.step(step++);
+        sync_device();
+        t.window_ms.push_back(ms_since(start) / cfg.window);
+      }
+    }
+    std::vector<Result> results;
+    for (auto& t : trainers) {
+      Result r;
+      r.model = model;
+      r.mode = t.mode;
+      r.median_ms = percentile(t.window_ms, 0.5);
+      r.p90_ms = percentile(t.window_ms, 0.9);
+      r.samples_per_s = r.median_ms > 0 ? batch * pg->size() * 1000.0 / r.median_ms : 0;
+      if (const ddp::Reducer* red = t.reducer()) {
+        const auto& s = red->stats();
+        const double steps = std::max<int64_t>(1, s.iterations - before[t.mode].iterations);
+        r.bytes_per_step = s.bytes_per_iteration;
+        r.buckets = s.buckets;
+        r.bucket_bytes = red->bucket_bytes();
+        r.hook_ms = (s.hook_ns - before[t.mode].hook_ns) / 1e6 / steps;
+        r.finalize_ms = (s.finalize_ns - before[t.mode].finalize_ns) / 1e6 / steps;
+        r.finalize_wait_ms = (s.finalize_wait_ns - before[t.mode].finalize_wait_ns) / 1e6 / steps;
+        r.walk_ms = (s.graph_walk_ns - before[t.mode].graph_walk_ns) / 1e6 / steps;
+        // Overlap from a few extra steps with the timeline on (off while timing).
+        auto* mutable_reducer = const_cast<ddp::Reducer*>(red);
+        mutable_reducer->set_timeline_enabled(true);
+        for (int i = 0; i < 5; ++i) t.step(step++);
+        r.hidden_fraction = hidden_fraction(red->timeline());
+        if (!cfg.timeline_path.empty()) mutable_reducer->write_timeline(cfg.timeline_path);
+        mutable_reducer->set_timeline_enabled(false);
+      } else {
+        r.bytes_per_step = t.mode == "naive" ? t.parameter_bytes : 0;
+      }
+      results.push_back(r);
+    }
+    return results;
+  }
+
+  // One all-reduce of `bytes` against the same bytes in `bucket_bytes` pieces issued
+  // back to back: what bucketing costs or buys in the communication library alone.
+  std::pair<double, double> allreduce_costs(int64_t bytes, const std::vector<int64_t>& bucket_bytes) {
+    const auto f = torch::TensorOptions().device(device);
+    auto whole = torch::ones({std::max<int64_t>(1, bytes / 4)}, f);
+    std::vector<torch::Tensor> pieces;
+    for (auto b : bucket_bytes) pieces.push_back(torch::ones({std::max<int64_t>(1, b / 4)}, f));
+    std::vector<double> raw, bucketed;
+    for (int rep = 0; rep < 12; ++rep) {
+      pg->barrier();
+      auto t0 = Clock::now();
+      pg->allreduce(whole)->wait();
+      sync_device();
+      if (rep >= 2) raw.push_back(ms_since(t0));
+      pg->barrier();
+      t0 = Clock::now();
+      std::vector<std::shared_ptr<ddp::Work>> works;
+      for (auto& p : pieces) works.push_back(pg->allreduce(p));
+      for (auto& w : works) w->wait();
+      sync_device();
+      if (rep >= 2) bucketed.push_back(ms_since(t0));
+    }
+    return {percentile(raw, 0.5), percentile(bucketed, 0.5)};
+  }
+};
+
+std::string mpi_settings() {
+  std::string out;
+  for (const char* name : {"OMPI_MCA_coll_tuned_use_dynamic_rules", "OMPI_MCA_coll_tuned_allreduce_algorithm",
+                           "OMPI_MCA_mpi_yield_when_idle", "OMPI_MCA_btl", "OMP_NUM_THREADS"}) {
+    if (const char* v = std::getenv(name)) out += std::string(out.empty() ? "" : " ") + name + "=" + v;
+  }
+  return out.empty() ? "(OpenMPI defaults)" : out;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  Config cfg = parse(argc, argv);
+  torch::set_num_threads(cfg.threads);
+  const torch::Device device(cfg.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  std::shared_ptr<ddp::ProcessGroup> pg;
+  try {
+    pg = ddp::init_process_group("auto", device);
+  } catch (const ddp::Error& e) {
+    std::fprintf(stderr, "ddp_bench: %s\n", e.what());
+    return 1;
+  }
+  Bench bench{cfg, pg, device, pg->rank() == 0};
+  const bool root = pg->rank() == 0;
+  if (root) {
+    std::printf("ddp_bench: %d ranks, backend %s, device %s, %d compute thread(s) per rank%s, torch threads pinned "
+                "with torch::set_num_threads\n",
+                pg->size(), pg->backend().c_str(), cfg.device.c_str(), cfg.threads,
+                cfg.threads == 1 ? " (one per rank: set OMP_NUM_THREADS=1 too)" : "");
+    std::printf("MPI settings: %s\n", mpi_settings().c_str());
+    std::printf("options: bucket_cap_mb=%g first_bucket_cap_mb=%g find_unused_parameters=%d "
+                "gradient_as_bucket_view=%d; %d timed steps per mode in windows of %d, %d warm-up\n",
+                cfg.bucket_cap_mb, cfg.first_bucket_cap_mb, cfg.find_unused, cfg.grad_as_bucket_view, cfg.iterations,
+                cfg.window, cfg.warmup);
+  }
+
+  if (!cfg.sweep_caps.empty()) {
+    cfg.modes = {"ddp"};
+    bench.cfg = cfg;
+    std::vector<std::tuple<double, double, double, int64_t>> rows;
+    for (const auto& model : cfg.models) {
+      for (double cap : cfg.sweep_caps) {
+        auto r = bench.run_model(model, cap).front();
+        rows.emplace_back(cap, r.median_ms, r.p90_ms, r.buckets);
+      }
+      if (root) {
+        const std::string csv = cfg.sweep_out + ".csv";
+        std::ofstream out(csv);
+        out << "bucket_cap_mb,median_ms,p90_ms,buckets\n";
+        std::printf("\nbucket-cap sweep, model %s\n%14s %12s %10s %8s\n", model.c_str(), "bucket_cap_mb", "median ms",
+                    "p90 ms", "buckets");
+        for (auto& [cap, med, p90, buckets] : rows) {
+          out << cap << "," << med << "," << p90 << "," << buckets << "\n";
+          std::printf("%14g %12.2f %10.2f %8lld\n", cap, med, p90, static_cast<long long>(buckets));
+        }
+        out.close();
+        const std::string png = cfg.sweep_out + ".png";
+        const std::string plot =
+            "gnuplot -e \"set terminal pngcairo size 800,480; set output '" + png +
+            "'; set datafile separator ','; set logscale x 2; set xlabel 'bucket_cap_mb (MiB)'; "
+            "set ylabel 'step time (ms)'; set title 'libddp step time vs bucket cap, " + model + ", " +
+            std::to_string(pg->size()) + " ranks'; set key top left; plot '" + csv +
+            "' skip 1 using 1:2 with linespoints lw 2 title 'median', '' skip 1 using 1:3 with linespoints "
+            "title 'p90'\" 2>/dev/null";
+        const bool plotted = std::system("command -v gnuplot >/dev/null 2>&1") == 0 && std::system(plot.c_str()) == 0;
+        std::printf("wrote %s%s\n", csv.c_str(), plotted ? (" and " + png).c_str() : " (no gnuplot: no PNG)");
+      }
+      rows.clear();
+    }
+    return 0;
+  }
+
+  std::vector<Result> all;
+  std::vector<std::string> extra_json;
+  for (const auto& model : cfg.models) {
+    auto results = bench.run_model(model, cfg.bucket_cap_mb);
+    const Result* local = nullptr;
+    const Result* ddp_r = nullptr;
+    for (const auto& r : results) {
+      if (r.mode == "local") local = &r;
+      if (r.mode == "ddp" || (r.mode == "ddp_fu" && ddp_r == nullptr)) ddp_r = &r;
+    }
+    double raw_ms = -1, bucketed_ms = -1;
+    if (ddp_r != nullptr) {
+      std::tie(raw_ms, bucketed_ms) = bench.allreduce_costs(ddp_r->bytes_per_step, ddp_r->bucket_bytes);
+    }
+    if (root) {
+      if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%90s\r", "");
+      std::printf("\nmodel %s (batch per rank as in bench_models.h)\n", model.c_str());
+      std::printf("%-6s %10s %9s %11s %10s %10s %8s %9s %11s %8s %9s\n", "mode", "median ms", "p90 ms",
+                  "samples/s", "overhead", "MiB/step", "buckets", "hooks ms", "finalize ms", "walk ms", "hidden %");
+      for (const auto& r : results) {
+        const double overhead = local ? (r.median_ms / local->median_ms - 1.0) * 100.0 : 0.0;
+        const bool reducer = r.mode == "ddp" || r.mode == "ddp_fu";
+        auto cell = [reducer](double v, const char* f) { return reducer ? fmt::format(fmt::runtime(f), v) : "-"; };
+        std::printf("%-6s %10.2f %9.2f %11.0f %9.0f%% %10.2f %8s %9s %11s %8s %9s\n", r.mode.c_str(), r.median_ms,
+                    r.p90_ms, r.samples_per_s, overhead, r.bytes_per_step / 1048576.0,
+                    cell(static_cast<double>(r.buckets), "{:.0f}").c_str(), cell(r.hook_ms, "{:.2f}").c_str(),
+                    cell(r.finalize_ms, "{:.2f}").c_str(), cell(r.walk_ms, "{:.3f}").c_str(),
+                    reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-");
+      }
+      if (local && ddp_r) {
+        const double floor = local->median_ms + raw_ms;
+        std::printf("floor (no-DDP step + one raw all-reduce of %.2f MiB = %.2f ms): %.2f ms; ddp / floor = %.2f\n",
+                    ddp_r->bytes_per_step / 1048576.0, raw_ms, floor, ddp_r->median_ms / floor);
+        std::printf("all-reduce alone: one of %.2f MiB %.2f ms, the same bytes in the %lld buckets %.2f ms "
+                    "(bucketed throughput %.0f%% of one all-reduce)\n",
+                    ddp_r->bytes_per_step / 1048576.0, raw_ms, static_cast<long long>(ddp_r->buckets), bucketed_ms,
+                    bucketed_ms > 0 ? 100.0 * raw_ms / bucketed_ms : 0.0);
+      }
+    }
+    extra_json.push_back(fmt::format(
+        "{{\"model\":\"{}\",\"raw_allreduce_ms\":{:.4f},\"bucketed_allreduce_ms\":{:.4f},\"floor_ms\":{:.4f}}}",
+        model, raw_ms, bucketed_ms, local && ddp_r ? local->median_ms + raw_ms : -1.0));
+    all.insert(all.end(), results.begin(), results.end());
+  }
+  if (root && !cfg.json_path.empty()) {
+    std::ofstream out(cfg.json_path);
+    out << "{\"world_size\":" << pg->size() << ",\"backend\":\"" << pg->backend() << "\",\"device\":\"" << cfg.device
+        << "\",\"threads_per_rank\":" << cfg.threads << ",\"iterations\":" << cfg.iterations
+        << ",\"bucket_cap_mb\":" << cfg.bucket_cap_mb << ",\"results\":[";
+    for (size_t i = 0; i < all.size(); ++i) {
+      const auto& r = all[i];
+      out << (i ? "," : "")
+          << fmt::format("{{\"model\":\"{}\",\"mode\":\"{}\",\"median_ms\":{:.4f},\"p90_ms\":{:.4f},"
+                         "\"samples_per_s\":{:.2f},\"bytes_per_step\":{},\"buckets\":{},\"hook_ms\":{:.4f},"
+                         "\"finalize_ms\":{:.4f},\"finalize_wait_ms\":{:.4f},\"graph_walk_ms\":{:.4f},"
+                         "\"hidden_fraction\":{:.4f}}}",
+                         r.model, r.mode, r.median_ms, r.p90_ms, r.samples_per_s, r.bytes_per_step, r.buckets,
+                         r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.hidden_fraction);
+    }
+    out << "],\"models\":[";
+    for (size_t i = 0; i < extra_json.size(); ++i) out << (i ? "," : "") << extra_json[i];
+    out << "]}\n";
+    std::printf("wrote %s\n", cfg.json_path.c_str());
+  }
+  return 0;
+}
