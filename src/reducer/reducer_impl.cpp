@@ -151,6 +151,9 @@ Reducer::Impl::Impl(NamedParameters parameters, std::shared_ptr<ProcessGroup> gr
   used_local_ = at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kByte).device(device));
   used_all_ = at::zeros({world_size_, static_cast<int64_t>(n)}, used_local_.options());
   for (int r = 0; r < world_size_; ++r) used_all_rows_.push_back(used_all_[r]);
+  // Host mirrors, the same tensors on CPU: finalize allocates nothing per iteration.
+  used_local_host_ = device.is_cpu() ? used_local_ : at::zeros_like(used_local_, at::kCPU);
+  used_all_host_ = device.is_cpu() ? used_all_ : at::zeros_like(used_all_, at::kCPU);
   build_buckets(detail::reverse_order(n));
 }
 
@@ -491,19 +494,18 @@ void Reducer::Impl::finalize() {
   launch_ready_buckets();
   DDP_CHECK_EQ(next_to_launch_, buckets_.size());
 
-  std::vector<char> local_used = local_used_;
-  bool exchange_flags = !(options.static_graph && learned_static_);
+  // This backward's use becomes the reported one; local_used_ starts over.
+  last_local_used_.swap(local_used_);
+  std::fill(local_used_.begin(), local_used_.end(), 0);
+  const std::vector<char>& local_used = last_local_used_;
+  const bool exchange_flags = !(options.static_graph && learned_static_);
   std::shared_ptr<Work> flags_work;
-  if (exchange_flags) {
-    at::Tensor flags_cpu = at::empty({static_cast<int64_t>(n)}, at::kByte);
-    std::memcpy(flags_cpu.data_ptr(), local_used.data(), n);
-    used_local_.copy_(flags_cpu);
-    flags_work = world_size_ > 1 ? process_group->allgather(used_all_rows_, used_local_) : nullptr;
-    stats.collectives += flags_work ? 1 : 0;
+  if (exchange_flags && world_size_ > 1) {
+    std::copy(local_used.begin(), local_used.end(), used_local_host_.data_ptr<uint8_t>());
+    if (!used_local_.is_same(used_local_host_)) used_local_.copy_(used_local_host_);
+    flags_work = process_group->allgather(used_all_rows_, used_local_);
+    stats.collectives += 1;
   }
-  std::vector<std::shared_ptr<Work>> works;
-  works.reserve(buckets_.size());
-  for (auto& b : buckets_) works.push_back(b->work());
   lock.unlock();
 
   // Wait without holding the lock: no hook can fire now, and a collective must never
@@ -511,10 +513,11 @@ void Reducer::Impl::finalize() {
   const auto wait_start = Clock::now();
   std::exception_ptr failure;
   try {
-    for (size_t b = 0; b < works.size(); ++b) {
-      works[b]->wait(timeout());
-      timeline.record(Timeline::Kind::kCollective, static_cast<int64_t>(b), iteration, works[b]->start_time(),
-                      works[b]->end_time());
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      Work& work = *buckets_[b]->work();
+      work.wait(timeout());
+      timeline.record(Timeline::Kind::kCollective, static_cast<int64_t>(b), iteration, work.start_time(),
+                      work.end_time());
     }
     if (flags_work) {
       flags_work->wait(timeout());
@@ -528,19 +531,21 @@ void Reducer::Impl::finalize() {
   lock.lock();
   if (failure) {
     reset_iteration();
-    std::fill(local_used_.begin(), local_used_.end(), 0);
     phase_ = Phase::kFinalized;
     std::rethrow_exception(failure);
   }
-  std::vector<int64_t> used_by(n, 0);
+  std::vector<int64_t>& used_by = last_used_by_;
   if (!exchange_flags) {
     used_by = static_used_by_;
   } else if (world_size_ == 1) {
     for (size_t i = 0; i < n; ++i) used_by[i] = local_used[i];
   } else {
-    at::Tensor counts = used_all_.to(at::kLong).sum(0).cpu();
-    const auto* c = counts.data_ptr<int64_t>();
-    for (size_t i = 0; i < n; ++i) used_by[i] = c[i];
+    if (!used_all_.is_same(used_all_host_)) used_all_host_.copy_(used_all_);
+    const uint8_t* flags = used_all_host_.data_ptr<uint8_t>();
+    std::fill(used_by.begin(), used_by.end(), 0);
+    for (int r = 0; r < world_size_; ++r) {
+      for (size_t i = 0; i < n; ++i) used_by[i] += flags[r * n + i];
+    }
   }
 
   // Write the averages into .grad; a parameter no rank used keeps its .grad untouched.
@@ -587,8 +592,6 @@ void Reducer::Impl::finalize() {
       if (!seen[i]) ready_order_.push_back(i);
     }
   }
-  last_used_by_ = used_by;
-  last_local_used_ = local_used;
   report_unused(used_by);
 
   const auto end = Clock::now();
@@ -601,7 +604,6 @@ void Reducer::Impl::finalize() {
 
   std::string error = std::move(pending_error_);
   reset_iteration();
-  std::fill(local_used_.begin(), local_used_.end(), 0);
   phase_ = Phase::kFinalized;
   iteration_ += 1;
   if (!error.empty()) throw ReductionError(error);
@@ -626,9 +628,8 @@ void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by) {
   if (global.empty() && partial.empty()) return;
   // Which ranks skipped each partially used parameter (the allgathered flags say).
   std::string partial_text;
-  if (!partial.empty() && world_size_ > 1 && used_all_.defined()) {
-    at::Tensor all = used_all_.cpu();
-    const auto* flags = all.data_ptr<uint8_t>();
+  if (!partial.empty() && world_size_ > 1) {
+    const auto* flags = used_all_host_.data_ptr<uint8_t>(); // filled by finalize
     for (size_t k = 0; k < partial.size(); ++k) {
       std::string ranks;
       for (int r = 0; r < world_size_; ++r) {

@@ -106,6 +106,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Used flags exchanged by allgather: used_local_ (n bytes) -> used_all_ (world x n).
   at::Tensor used_local_;
   at::Tensor used_all_;
+  at::Tensor used_local_host_;
+  at::Tensor used_all_host_;
   std::vector<at::Tensor> used_all_rows_;
 
   // Learned in the first synchronised iteration.

@@ -1,7 +1,14 @@
 #include "comm/mpi/mpi_runtime.h"
 
+#include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_types.h"
@@ -23,6 +30,25 @@ const char* thread_level_name(int level) {
     case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
   }
   return "unknown";
+}
+
+// DDP_COMM_THREAD_PRIORITY=low|normal. "low" (SCHED_IDLE) lets the communication thread
+// run only on a core the compute threads leave free: where ranks already fill every
+// core, overlapping communication cannot gain time and only adds contention; where a
+// core is free, the collectives still overlap the backward pass.
+void apply_thread_priority(int rank) {
+  const char* setting = std::getenv("DDP_COMM_THREAD_PRIORITY");
+  if (setting == nullptr || std::strcmp(setting, "normal") == 0) return;
+  if (std::strcmp(setting, "low") != 0) {
+    detail::log(detail::LogLevel::kWarn, rank, "DDP_COMM_THREAD_PRIORITY=\"{}\" is not low or normal; using normal",
+                setting);
+    return;
+  }
+  sched_param param{};
+  param.sched_priority = 0;
+  if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &param) != 0) {
+    detail::log(detail::LogLevel::kWarn, rank, "could not lower the MPI thread's priority: {}", std::strerror(errno));
+  }
 }
 
 } // namespace
@@ -76,6 +102,7 @@ void MpiRuntime::start_mpi() {
 void MpiRuntime::loop(std::promise<void>& started) {
   try {
     start_mpi();
+    apply_thread_priority(world_rank_);
     started.set_value();
   } catch (...) {
     started.set_exception(std::current_exception());
