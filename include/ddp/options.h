@@ -26,6 +26,12 @@ struct Options {
   // The set of used parameters and their ready order are the same every iteration:
   // learned in the first one, later iterations skip the used-flags collective.
   bool static_graph = false;
+  // libddp extension: a gradient of at least this many MiB is all-reduced alone, in
+  // place in its own .grad, skipping the copy into a bucket and back (smaller ones share
+  // buckets up to the caps). -1 (default): 1 MiB for CPU parameters, where the copies
+  // cost memory bandwidth the step needs, and off for CUDA, where fewer, larger NCCL
+  // calls matter more. 0 turns it off.
+  double in_place_min_mb = -1.0;
   // How long the reducer waits for a collective before it throws ddp::TimeoutError.
   // The environment variable DDP_TIMEOUT_S replaces the default (not a value set here).
   std::chrono::milliseconds timeout = std::chrono::minutes(10);

@@ -20,6 +20,11 @@ class Bucket {
 
   const std::vector<size_t>& members() const { return members_; }
   at::Tensor& flat() { return flat_; }
+  // What this iteration's collective reduces: the flat buffer, or, for a one-parameter
+  // bucket reduced in place, that parameter's .grad.
+  at::Tensor& comm_tensor() { return in_place_.defined() ? in_place_ : flat_; }
+  bool in_place() const { return in_place_.defined(); }
+  void set_in_place(at::Tensor grad) { in_place_ = std::move(grad); }
   // The slot of the k-th member, shaped like its parameter.
   const at::Tensor& view(size_t k) const { return views_[k]; }
   size_t bytes() const { return flat_.nbytes(); }
@@ -28,6 +33,7 @@ class Bucket {
   void reset() {
     pending_ = members_.size();
     work_.reset();
+    in_place_ = at::Tensor();
   }
   // Returns true when this was the last slot to fill.
   bool mark_slot_ready() { return --pending_ == 0; }
@@ -41,6 +47,7 @@ class Bucket {
   std::vector<at::Tensor> views_;
   size_t pending_ = 0;
   std::shared_ptr<Work> work_;
+  at::Tensor in_place_;
 };
 
 } // namespace ddp::detail

@@ -37,9 +37,14 @@ std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& t
     const at::Tensor& t = tensors[index];
     auto key = std::make_tuple(static_cast<int>(t.device().type()), static_cast<int>(t.device().index()),
                                static_cast<int>(t.scalar_type()));
+    const size_t bytes = t.numel() * t.element_size();
+    if (caps.solo_bytes > 0 && bytes >= caps.solo_bytes) {
+      closed.push_back({{index}, position});
+      continue;
+    }
     Open& bucket = open[key];
     bucket.members.push_back(index);
-    bucket.bytes += t.numel() * t.element_size();
+    bucket.bytes += bytes;
     bucket.last_position = position;
     const size_t cap = bucket.first ? caps.first_bytes : caps.bytes;
     if (bucket.bytes >= cap) {

@@ -12,11 +12,14 @@ namespace ddp::detail {
 struct BucketCaps {
   size_t first_bytes; // cap of the first bucket of each (dtype, device)
   size_t bytes;       // cap of every later bucket
+  size_t solo_bytes = 0; // tensors at least this large get a bucket of their own (0: never)
 };
 
 // Walks `order` (parameter indices in the order their gradients are expected to be
 // ready), grouping by (dtype, device); a bucket is closed once it holds at least its
 // cap, so a tensor larger than the cap ends up in a bucket of its own size or more.
+// A tensor of at least caps.solo_bytes gets a bucket to itself and leaves the open
+// bucket of its kind open (the reducer can then reduce it in place).
 // Buckets are returned in the order they are expected to become ready (position of
 // their last member in `order`); members keep their `order` order.
 std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& tensors,

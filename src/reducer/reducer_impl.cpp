@@ -191,13 +191,22 @@ std::string Reducer::Impl::rank_prefix() const {
   return fmt::format("[ddp rank {}]", rank_);
 }
 
+size_t Reducer::Impl::in_place_min_bytes() const {
+  if (options.gradient_as_bucket_view) return 0; // .grad is the bucket already
+  if (options.in_place_min_mb < 0) {
+    return parameters.front().device().is_cpu() ? mib_to_bytes(1.0) : 0;
+  }
+  return mib_to_bytes(options.in_place_min_mb);
+}
+
 std::chrono::milliseconds Reducer::Impl::timeout() const {
   return options.timeout;
 }
 
 void Reducer::Impl::build_buckets(const std::vector<size_t>& order) {
   auto assignment = detail::assign_buckets(
-      parameters, order, {mib_to_bytes(options.first_bucket_cap_mb), mib_to_bytes(options.bucket_cap_mb)});
+      parameters, order,
+      {mib_to_bytes(options.first_bucket_cap_mb), mib_to_bytes(options.bucket_cap_mb), in_place_min_bytes()});
   std::vector<std::unique_ptr<detail::Bucket>> buckets;
   std::vector<Slot> slots(parameters.size());
   int64_t bytes = 0;
@@ -437,6 +446,15 @@ void Reducer::Impl::copy_gradient_to_slot(size_t index) {
     view.zero_();
     return;
   }
+  detail::Bucket& bucket = *buckets_[slot.bucket];
+  if (bucket.members().size() == 1 && bucket.bytes() >= in_place_min_bytes() && in_place_min_bytes() > 0 &&
+      grad.is_contiguous() && !grad.requires_grad() && !grad.is_alias_of(view)) {
+    // Reduce the gradient where it is: no copy in now, no copy back in finalize.
+    at::Tensor& owned = const_cast<at::Tensor&>(grad);
+    if (world_size_ > 1) owned.mul_(scale_);
+    bucket.set_in_place(owned);
+    return;
+  }
   if (options.gradient_as_bucket_view && grad.is_alias_of(view)) {
     if (world_size_ > 1) view.mul_(scale_);
   } else if (world_size_ > 1) {
@@ -462,7 +480,7 @@ void Reducer::Impl::launch_ready_buckets() {
   // Launch strictly in bucket order, so every rank issues the same sequence.
   while (next_to_launch_ < buckets_.size() && buckets_[next_to_launch_]->ready()) {
     detail::Bucket& bucket = *buckets_[next_to_launch_];
-    bucket.work() = process_group->allreduce(bucket.flat());
+    bucket.work() = process_group->allreduce(bucket.comm_tensor());
     stats.collectives += 1;
     ++next_to_launch_;
   }
@@ -553,6 +571,7 @@ void Reducer::Impl::finalize() {
     for (size_t i = 0; i < n; ++i) {
       if (used_by[i] == 0) continue;
       const Slot& slot = slots_[i];
+      if (buckets_[slot.bucket]->in_place()) continue; // .grad holds the average already
       const at::Tensor& view = buckets_[slot.bucket]->view(slot.position);
       at::Tensor& grad = const_cast<at::Tensor&>(parameters[i]).mutable_grad();
       if (options.gradient_as_bucket_view) {

@@ -79,6 +79,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   std::string names_of(const std::vector<size_t>& indices) const;
   std::string rank_prefix() const;
   std::chrono::milliseconds timeout() const;
+  // Gradients of at least this size are reduced in place in .grad (0: never).
+  size_t in_place_min_bytes() const;
 
   const int rank_;
   const int world_size_;

@@ -118,6 +118,38 @@ TEST_CASE("MLP gradients equal single-process autograd for tiny to huge buckets"
   }
 }
 
+TEST_CASE("gradients reduced in place in .grad (no bucket copies) equal the oracle", "[grad]") {
+  // in_place_min_mb small enough that every MLP tensor (>= 64 bytes) qualifies when alone.
+  for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1.0, 25.0}}) {
+    CAPTURE(first, cap);
+    ddp::Options o = with_caps(first, cap);
+    o.in_place_min_mb = 1e-5;
+    check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false);
+  }
+  // The default threshold (1 MiB on CPU) with a layer that reaches it: 512 x 512 floats.
+  struct WideImpl : torch::nn::Module {
+    WideImpl() {
+      a = register_module("a", torch::nn::Linear(8, 512));
+      b = register_module("b", torch::nn::Linear(512, 512));
+      c = register_module("c", torch::nn::Linear(512, 4));
+    }
+    torch::Tensor forward(torch::Tensor x) { return c(torch::tanh(b(torch::tanh(a(x))))); }
+    torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr};
+  };
+  check_equivalence<std::shared_ptr<WideImpl>>([] { return std::make_shared<WideImpl>(); }, with_caps(1.0, 25.0), {8},
+                                               4, false, 3);
+  auto net = std::make_shared<WideImpl>();
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), with_caps(1.0, 25.0));
+  // b.weight (1 MiB) travels alone; the rest share buckets.
+  auto layout = model.reducer().bucket_layout();
+  CHECK(std::count(layout.begin(), layout.end(), std::vector<std::string>{"b.weight"}) == 1);
+  net->b->weight.mutable_grad() = torch::zeros_like(net->b->weight);
+  const void* storage = net->b->weight.grad().data_ptr();
+  model(torch::ones({2, 8})).sum().backward();
+  CHECK(net->b->weight.grad().data_ptr() == storage); // reduced where it was computed
+  CHECK(ddp::test::identical_across_ranks(net->b->weight.grad()));
+}
+
 TEST_CASE("bucket caps decide the number of buckets", "[grad]") {
   auto make = [] { return ddp::test::Mlp(); };
   ddp::test::Mlp tiny_net = make();

@@ -191,6 +191,19 @@ TEST_CASE("random per-rank, per-iteration head schedules match the oracle", "[un
   }
 }
 
+TEST_CASE("unused parameters with gradients reduced in place in .grad", "[unused]") {
+  for (bool find_unused : {false, true}) {
+    CAPTURE(find_unused);
+    RunConfig cfg;
+    cfg.options = options(find_unused, 1e-6);
+    cfg.options.in_place_min_mb = 1e-5; // every tensor alone and in place
+    run_against_oracle(cfg);
+    cfg.micro_steps = 2; // and with no_sync accumulation
+    cfg.iterations = 3;
+    run_against_oracle(cfg);
+  }
+}
+
 TEST_CASE("a rank whose loss uses no parameter still reduces: the others get sum / world", "[unused]") {
   for (bool find_unused : {false, true}) {
     CAPTURE(find_unused);

@@ -43,6 +43,15 @@ TEST_CASE("dtypes never share a bucket and each dtype has its own first bucket",
   CHECK(assign_buckets(t, reverse_order(4), {40, 1 << 20}) == Buckets{{3}, {2}, {1}, {0}});
 }
 
+TEST_CASE("tensors at least solo_bytes large get a bucket of their own; the open bucket stays open", "[bucket]") {
+  auto t = floats({10, 1000, 10, 1000, 10}); // 40-byte and 4000-byte tensors
+  BucketCaps caps{1 << 20, 1 << 20, 4000};
+  // Reverse order 4,3,2,1,0: 3 and 1 alone, launched when ready; the small ones together at the end.
+  CHECK(assign_buckets(t, reverse_order(5), caps) == Buckets{{3}, {1}, {4, 2, 0}});
+  caps.solo_bytes = 0; // off
+  CHECK(assign_buckets(t, reverse_order(5), caps) == Buckets{{4, 3, 2, 1, 0}});
+}
+
 TEST_CASE("an empty parameter list gives no buckets", "[bucket]") {
   CHECK(assign_buckets({}, {}, {1, 1}).empty());
 }
