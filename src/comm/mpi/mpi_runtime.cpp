@@ -1,5 +1,6 @@
 #include "comm/mpi/mpi_runtime.h"
 
+#include <ATen/Parallel.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -9,6 +10,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <thread>
 
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_types.h"
@@ -32,18 +35,43 @@ const char* thread_level_name(int level) {
   return "unknown";
 }
 
-// DDP_COMM_THREAD_PRIORITY=low|normal. "low" (SCHED_IDLE) lets the communication thread
-// run only on a core the compute threads leave free: where ranks already fill every
-// core, overlapping communication cannot gain time and only adds contention; where a
-// core is free, the collectives still overlap the backward pass.
-void apply_thread_priority(int rank) {
-  const char* setting = std::getenv("DDP_COMM_THREAD_PRIORITY");
-  if (setting == nullptr || std::strcmp(setting, "normal") == 0) return;
-  if (std::strcmp(setting, "low") != 0) {
-    detail::log(detail::LogLevel::kWarn, rank, "DDP_COMM_THREAD_PRIORITY=\"{}\" is not low or normal; using normal",
-                setting);
-    return;
+// DDP_COMM_THREAD_PRIORITY=auto|low|normal. "low" (SCHED_IDLE) lets the communication
+// thread run only on a core the compute threads leave free. Where this node's ranks
+// already fill every core, overlapping communication with the backward pass cannot gain
+// time and only adds contention (measured in docs/performance.md); where a core is free,
+// the collectives still overlap. "auto" (default) picks low when the node's ranks times
+// the intra-op threads of this one reach the cores this process may use.
+int usable_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::thread::hardware_concurrency());
+}
+
+int local_ranks() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"}) {
+    if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
   }
+  return 1;
+}
+
+void apply_thread_priority(int rank) {
+  const char* env = std::getenv("DDP_COMM_THREAD_PRIORITY");
+  const std::string setting = env != nullptr ? env : "auto";
+  bool low = false;
+  if (setting == "low") {
+    low = true;
+  } else if (setting == "auto") {
+    low = local_ranks() * at::get_num_threads() >= usable_cores();
+  } else if (setting != "normal") {
+    detail::log(detail::LogLevel::kWarn, rank, "DDP_COMM_THREAD_PRIORITY=\"{}\" is not auto, low or normal; using auto",
+                setting);
+    low = local_ranks() * at::get_num_threads() >= usable_cores();
+  }
+  detail::log(detail::LogLevel::kInfo, rank, "MPI communication thread priority: {} ({} ranks on this node, {} "
+              "compute threads each, {} usable cores)", low ? "low (SCHED_IDLE)" : "normal", local_ranks(),
+              at::get_num_threads(), usable_cores());
+  if (!low) return;
   sched_param param{};
   param.sched_priority = 0;
   if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &param) != 0) {
