@@ -153,6 +153,7 @@ struct Result {
   int64_t bytes_per_step = 0, buckets = 0;
   std::vector<int64_t> bucket_bytes;
   double hook_ms = 0, finalize_ms = 0, finalize_wait_ms = 0, walk_ms = 0, hidden_fraction = -1;
+  int64_t walk_nodes = 0;
 };
 
 struct ModelSpec {
@@ -348,6 +349,7 @@ struct Bench {
         r.finalize_ms = (s.finalize_ns - before[t.mode].finalize_ns) / 1e6 / steps;
         r.finalize_wait_ms = (s.finalize_wait_ns - before[t.mode].finalize_wait_ns) / 1e6 / steps;
         r.walk_ms = (s.graph_walk_ns - before[t.mode].graph_walk_ns) / 1e6 / steps;
+        r.walk_nodes = s.graph_walk_nodes;
         // Overlap from a few extra steps with the timeline on (off while timing).
         auto* mutable_reducer = const_cast<ddp::Reducer*>(red);
         mutable_reducer->set_timeline_enabled(true);
@@ -490,6 +492,12 @@ int main(int argc, char** argv) {
                     cell(r.finalize_ms, "{:.2f}").c_str(), cell(r.walk_ms, "{:.3f}").c_str(),
                     reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-");
       }
+      for (const auto& r : results) {
+        if (r.walk_nodes > 0) {
+          std::printf("graph walk (%s): %lld autograd nodes in %.3f ms (%.2f us per node)\n", r.mode.c_str(),
+                      static_cast<long long>(r.walk_nodes), r.walk_ms, 1000.0 * r.walk_ms / r.walk_nodes);
+        }
+      }
       if (local && ddp_r) {
         const double floor = local->median_ms + raw_ms;
         std::printf("floor (no-DDP step + one raw all-reduce of %.2f MiB = %.2f ms): %.2f ms; ddp / floor = %.2f\n",
@@ -516,9 +524,9 @@ int main(int argc, char** argv) {
           << fmt::format("{{\"model\":\"{}\",\"mode\":\"{}\",\"median_ms\":{:.4f},\"p90_ms\":{:.4f},"
                          "\"samples_per_s\":{:.2f},\"bytes_per_step\":{},\"buckets\":{},\"hook_ms\":{:.4f},"
                          "\"finalize_ms\":{:.4f},\"finalize_wait_ms\":{:.4f},\"graph_walk_ms\":{:.4f},"
-                         "\"hidden_fraction\":{:.4f}}}",
+                         "\"graph_walk_nodes\":{},\"hidden_fraction\":{:.4f}}}",
                          r.model, r.mode, r.median_ms, r.p90_ms, r.samples_per_s, r.bytes_per_step, r.buckets,
-                         r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.hidden_fraction);
+                         r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.walk_nodes, r.hidden_fraction);
     }
     out << "],\"models\":[";
     for (size_t i = 0; i < extra_json.size(); ++i) out << (i ? "," : "") << extra_json[i];

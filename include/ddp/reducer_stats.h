@@ -14,6 +14,7 @@ struct ReducerStats {
   int64_t finalize_ns = 0;         // total time of the end-of-backward callbacks
   int64_t finalize_wait_ns = 0;    // of which waiting for collectives
   int64_t graph_walk_ns = 0;       // total time of find_unused_parameters graph walks
+  int64_t graph_walk_nodes = 0;    // autograd nodes visited by the last graph walk
   int64_t bucket_rebuilds = 0;     // 0 or 1
 };
 

@@ -16,6 +16,7 @@
 #include <ddp/error.h>
 
 #include "bucket/bucket_assignment.h"
+#include "bucket/slot_copy.h"
 #include "common/check.h"
 #include "common/logging.h"
 
@@ -330,7 +331,7 @@ void Reducer::Impl::prepare_for_backward(const std::vector<at::Tensor>& outputs)
     }
   } else if (options.find_unused_parameters) {
     const auto start = Clock::now();
-    walker_->walk(outputs, reachable_);
+    stats.graph_walk_nodes = static_cast<int64_t>(walker_->walk(outputs, reachable_));
     for (size_t i = 0; i < parameters.size(); ++i) {
       if (!reachable_[i]) {
         mark_without_hook(i);
@@ -457,11 +458,9 @@ void Reducer::Impl::copy_gradient_to_slot(size_t index) {
   }
   if (options.gradient_as_bucket_view && grad.is_alias_of(view)) {
     if (world_size_ > 1) view.mul_(scale_);
-  } else if (world_size_ > 1) {
-    // Copy and pre-divide in one pass.
-    at::mul_out(const_cast<at::Tensor&>(view), grad, scale_);
   } else {
-    const_cast<at::Tensor&>(view).copy_(grad);
+    // Copy and pre-divide in one pass.
+    detail::copy_scaled(view, grad, 1.0 / world_size_);
   }
 }
 
@@ -577,7 +576,7 @@ void Reducer::Impl::finalize() {
       if (options.gradient_as_bucket_view) {
         if (!grad.defined() || !grad.is_alias_of(view)) grad = view;
       } else if (grad.defined()) {
-        grad.copy_(view);
+        detail::copy_scaled(grad, view, 1.0);
       } else {
         grad = view.clone();
       }
