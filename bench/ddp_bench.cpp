@@ -38,6 +38,7 @@ struct Config {
   int window = 5; // steps per timed window
   double bucket_cap_mb = 25.0;
   double first_bucket_cap_mb = 1.0;
+  double in_place_min_mb = -1.0;
   bool find_unused = false;
   bool grad_as_bucket_view = false;
   int threads = 1;
@@ -59,6 +60,7 @@ struct Config {
       "  --window N              steps per timed window; medians are over windows (default 5)\n"
       "  --bucket-cap-mb X       Options::bucket_cap_mb (default 25)\n"
       "  --first-bucket-cap-mb X Options::first_bucket_cap_mb (default 1)\n"
+      "  --in-place-min-mb X     Options::in_place_min_mb (default -1: auto, 1 MiB on CPU; 0: off)\n"
       "  --find-unused           Options::find_unused_parameters = true\n"
       "  --grad-as-bucket-view   Options::gradient_as_bucket_view = true\n"
       "  --threads N             compute threads per rank (default 1)\n"
@@ -98,6 +100,7 @@ Config parse(int argc, char** argv) {
     else if (a == "--window") c.window = std::stoi(value());
     else if (a == "--bucket-cap-mb") c.bucket_cap_mb = std::stod(value());
     else if (a == "--first-bucket-cap-mb") c.first_bucket_cap_mb = std::stod(value());
+    else if (a == "--in-place-min-mb") c.in_place_min_mb = std::stod(value());
     else if (a == "--find-unused") c.find_unused = true;
     else if (a == "--grad-as-bucket-view") c.grad_as_bucket_view = true;
     else if (a == "--threads") c.threads = std::stoi(value());
@@ -296,6 +299,7 @@ struct Bench {
     ddp::Options o;
     o.bucket_cap_mb = cap_mb;
     o.first_bucket_cap_mb = cfg.first_bucket_cap_mb;
+    o.in_place_min_mb = cfg.in_place_min_mb;
     o.find_unused_parameters = cfg.find_unused;
     o.gradient_as_bucket_view = cfg.grad_as_bucket_view;
     return o;
@@ -421,10 +425,10 @@ int main(int argc, char** argv) {
                 pg->size(), pg->backend().c_str(), cfg.device.c_str(), cfg.threads,
                 cfg.threads == 1 ? " (one per rank: set OMP_NUM_THREADS=1 too)" : "");
     std::printf("MPI settings: %s\n", mpi_settings().c_str());
-    std::printf("options: bucket_cap_mb=%g first_bucket_cap_mb=%g find_unused_parameters=%d "
+    std::printf("options: bucket_cap_mb=%g first_bucket_cap_mb=%g in_place_min_mb=%g find_unused_parameters=%d "
                 "gradient_as_bucket_view=%d; %d timed steps per mode in windows of %d, %d warm-up\n",
-                cfg.bucket_cap_mb, cfg.first_bucket_cap_mb, cfg.find_unused, cfg.grad_as_bucket_view, cfg.iterations,
-                cfg.window, cfg.warmup);
+                cfg.bucket_cap_mb, cfg.first_bucket_cap_mb, cfg.in_place_min_mb, cfg.find_unused,
+                cfg.grad_as_bucket_view, cfg.iterations, cfg.window, cfg.warmup);
   }
 
   if (!cfg.sweep_caps.empty()) {
@@ -449,8 +453,8 @@ int main(int argc, char** argv) {
         out.close();
         const std::string png = cfg.sweep_out + ".png";
         const std::string plot =
-            "gnuplot -e \"set terminal pngcairo size 800,480; set output '" + png +
-            "'; set datafile separator ','; set logscale x 2; set xlabel 'bucket_cap_mb (MiB)'; "
+            "gnuplot -e \"set terminal pngcairo size 800,480 noenhanced; set output '" + png +
+            "'; set datafile separator ','; set logscale x 2; set xlabel 'bucket cap (MiB)'; "
             "set ylabel 'step time (ms)'; set title 'libddp step time vs bucket cap, " + model + ", " +
             std::to_string(pg->size()) + " ranks'; set key top left; plot '" + csv +
             "' skip 1 using 1:2 with linespoints lw 2 title 'median', '' skip 1 using 1:3 with linespoints "

@@ -243,3 +243,36 @@ TEST_CASE("ddp::Reducer works on its own for a named parameter list", "[grad]") 
   CHECK(torch::allclose(w.grad(), torch::full({5, 3}, 2.0 * mean_x)));
   CHECK(torch::allclose(b.grad(), torch::full({5}, 2.0)));
 }
+
+namespace {
+// Layers registered in the opposite order of their use: reverse registration order is
+// then the wrong guess of the gradient-ready order, and the rebuild must fix it.
+struct ReversedImpl : torch::nn::Module {
+  ReversedImpl() {
+    last = register_module("last", torch::nn::Linear(8, 4));
+    middle = register_module("middle", torch::nn::Linear(8, 8));
+    first = register_module("first", torch::nn::Linear(8, 8));
+  }
+  torch::Tensor forward(torch::Tensor x) { return last(torch::tanh(middle(torch::tanh(first(x))))); }
+  torch::nn::Linear last{nullptr}, middle{nullptr}, first{nullptr};
+};
+TORCH_MODULE(Reversed);
+} // namespace
+
+TEST_CASE("buckets are rebuilt once, in the observed ready order, the same on every rank", "[grad]") {
+  Reversed net;
+  ddp::Options o = with_caps(1e-6, 1e-6); // one parameter per bucket: the layout is the order
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), o);
+  const auto initial = model.reducer().bucket_layout();
+  CHECK(initial.front() == std::vector<std::string>{"first.bias"}); // reverse registration guess
+  for (int it = 0; it < 3; ++it) model(torch::randn({2, 8})).sum().backward();
+  CHECK(model.reducer().stats().bucket_rebuilds == 1);
+  const auto rebuilt = model.reducer().bucket_layout();
+  // The backward reaches `last` first and `first` last.
+  CHECK((rebuilt.front()[0] == "last.bias" || rebuilt.front()[0] == "last.weight"));
+  CHECK((rebuilt.back()[0] == "first.weight" || rebuilt.back()[0] == "first.bias"));
+  std::string joined;
+  for (const auto& b : rebuilt) joined += b[0] + ";";
+  at::Tensor bytes = at::from_blob(joined.data(), {static_cast<int64_t>(joined.size())}, at::kByte).clone();
+  CHECK(ddp::test::identical_across_ranks(bytes));
+}
