@@ -5,6 +5,7 @@
 
 #include <climits>
 
+#include "comm/argument_checks.h"
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "comm/mpi/mpi_types.h"
@@ -81,10 +82,7 @@ std::shared_ptr<Work> ProcessGroupMPI::allreduce(at::Tensor tensor) {
 
 std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
   check_tensor(tensor, "broadcast");
-  if (root < 0 || root >= size_) {
-    throw InvalidArgumentError(
-        fmt::format("[ddp rank {}] broadcast: root {} is not a rank of this group (size {})", rank_, root, size_));
-  }
+  detail::check_root(rank_, size_, root);
   MPI_Datatype type = datatype_for(tensor.scalar_type());
   auto work = make_work(describe("broadcast", tensor));
   MPI_Comm comm = comm_;
@@ -102,19 +100,8 @@ std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
 
 std::shared_ptr<Work> ProcessGroupMPI::allgather(std::vector<at::Tensor> outputs, at::Tensor input) {
   check_tensor(input, "allgather");
-  if (static_cast<int>(outputs.size()) != size_) {
-    throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] allgather: {} output tensors given, the group has {} ranks (one output per rank)", rank_,
-        outputs.size(), size_));
-  }
-  for (const auto& out : outputs) {
-    check_tensor(out, "allgather");
-    if (out.numel() != input.numel() || out.scalar_type() != input.scalar_type()) {
-      throw InvalidArgumentError(fmt::format(
-          "[ddp rank {}] allgather: every output must have the input's size and dtype ({} x {}), got {} x {}", rank_,
-          input.numel(), c10::toString(input.scalar_type()), out.numel(), c10::toString(out.scalar_type())));
-    }
-  }
+  detail::check_allgather_outputs(rank_, size_, outputs, input);
+  for (const auto& out : outputs) check_tensor(out, "allgather");
   if (input.numel() > kMaxCount) {
     throw InvalidArgumentError(fmt::format("[ddp rank {}] allgather: inputs above {} elements are not supported",
                                            rank_, kMaxCount));

@@ -10,6 +10,7 @@
 
 #include <ddp/error.h>
 
+#include "comm/argument_checks.h"
 #include "comm/nccl/nccl_check.h"
 #include "comm/nccl/nccl_comm.h"
 #include "comm/nccl/nccl_types.h"
@@ -136,10 +137,7 @@ std::shared_ptr<Work> ProcessGroupNCCL::allreduce(at::Tensor tensor) {
 
 std::shared_ptr<Work> ProcessGroupNCCL::broadcast(at::Tensor tensor, int root) {
   check_tensor(tensor, "broadcast");
-  if (root < 0 || root >= size_) {
-    throw InvalidArgumentError(
-        fmt::format("[ddp rank {}] broadcast: root {} is not a rank of this group (size {})", rank_, root, size_));
-  }
+  detail::check_root(rank_, size_, root);
   const ncclDataType_t type = datatype_for(tensor.scalar_type(), "broadcast", rank_);
   std::lock_guard<std::mutex> lock(mutex_);
   return launch("broadcast", describe("broadcast", tensor), {tensor},
@@ -152,19 +150,8 @@ std::shared_ptr<Work> ProcessGroupNCCL::broadcast(at::Tensor tensor, int root) {
 
 std::shared_ptr<Work> ProcessGroupNCCL::allgather(std::vector<at::Tensor> outputs, at::Tensor input) {
   check_tensor(input, "allgather");
-  if (static_cast<int>(outputs.size()) != size_) {
-    throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] allgather: {} output tensors given, the group has {} ranks (one output per rank)", rank_,
-        outputs.size(), size_));
-  }
-  for (const auto& out : outputs) {
-    check_tensor(out, "allgather");
-    if (out.numel() != input.numel() || out.scalar_type() != input.scalar_type()) {
-      throw InvalidArgumentError(fmt::format(
-          "[ddp rank {}] allgather: every output must have the input's size and dtype ({} x {}), got {} x {}", rank_,
-          input.numel(), c10::toString(input.scalar_type()), out.numel(), c10::toString(out.scalar_type())));
-    }
-  }
+  detail::check_allgather_outputs(rank_, size_, outputs, input);
+  for (const auto& out : outputs) check_tensor(out, "allgather");
   const ncclDataType_t type = datatype_for(input.scalar_type(), "allgather", rank_);
   std::vector<at::Tensor> used = outputs;
   used.push_back(input);
