@@ -20,7 +20,7 @@ void scale_loop(T* __restrict dst, const T* __restrict src, int64_t n, T scale) 
 
 } // namespace
 
-void copy_scaled(const at::Tensor& dst, const at::Tensor& src, double scale) {
+void copy_scaled(const at::Tensor& dst, const at::Tensor& src, double scale, const at::Tensor& scale_tensor) {
   if (plain_host_tensor(dst) && plain_host_tensor(src) && dst.scalar_type() == src.scalar_type() &&
       dst.numel() == src.numel() && !dst.is_same(src)) {
     const int64_t n = dst.numel();
@@ -39,7 +39,8 @@ void copy_scaled(const at::Tensor& dst, const at::Tensor& src, double scale) {
   if (scale == 1.0) {
     out.copy_(src);
   } else {
-    at::mul_out(out, src, at::scalar_tensor(scale, at::TensorOptions().dtype(at::kDouble)));
+    at::mul_out(out, src,
+                scale_tensor.defined() ? scale_tensor : at::scalar_tensor(scale, at::TensorOptions().dtype(at::kDouble)));
   }
 }
 

@@ -9,6 +9,8 @@
 namespace ddp::detail {
 
 // dst = src * scale (scale 1: a plain copy). dst and src have the same shape and dtype.
-void copy_scaled(const at::Tensor& dst, const at::Tensor& src, double scale);
+// `scale_tensor`, a 0-dim CPU tensor holding `scale`, saves the ATen path an allocation.
+void copy_scaled(const at::Tensor& dst, const at::Tensor& src, double scale,
+                 const at::Tensor& scale_tensor = at::Tensor());
 
 } // namespace ddp::detail

@@ -460,7 +460,7 @@ void Reducer::Impl::copy_gradient_to_slot(size_t index) {
     if (world_size_ > 1) view.mul_(scale_);
   } else {
     // Copy and pre-divide in one pass.
-    detail::copy_scaled(view, grad, 1.0 / world_size_);
+    detail::copy_scaled(view, grad, 1.0 / world_size_, scale_);
   }
 }
 
