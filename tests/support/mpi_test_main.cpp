@@ -123,6 +123,10 @@ int main(int argc, char** argv) {
     // Only rank 0 prints the summary; the others report failures on stderr.
     session.configData().reporterName = "compact";
   }
+  const auto& config = session.configData();
+  if (config.listTests || config.listTestNamesOnly || config.listTags || config.listReporters) {
+    return session.run() > 0 ? 0 : 1; // listing: run() returns how many it listed
+  }
   const int local_failures = session.run();
   g_watchdog = nullptr;
   int64_t total = 0;
