@@ -12,7 +12,9 @@ TEST_CASE("a rank that dies mid-training ends the job instead of hanging it", "[
   auto pg = ddp::test::world_ptr();
   torch::nn::Linear net(16, 16);
   ddp::DistributedDataParallel model(net, pg, ddp::test::test_options());
-  model(torch::ones({2, 16})).sum().backward(); // one good iteration
+  model(torch::ones({2, 16})).sum().backward(); // one good iteration, reduced on every rank
+  REQUIRE(model.reducer().stats().iterations == 1);
+  REQUIRE(ddp::test::identical_across_ranks(net->weight.grad()));
   auto out = model(torch::ones({2, 16}));
   if (pg->rank() == pg->size() - 1) {
     std::fprintf(stderr, "[test rank %d] exits now, without MPI_Finalize, before its backward\n", pg->rank());
