@@ -156,6 +156,7 @@ struct Result {
   int64_t bytes_per_step = 0, buckets = 0;
   std::vector<int64_t> bucket_bytes;
   double hook_ms = 0, finalize_ms = 0, finalize_wait_ms = 0, walk_ms = 0, hidden_fraction = -1;
+  double step_check_ms = 0; // headers + parameter checks: the cost of keeping the ranks in step
   int64_t walk_nodes = 0;
 };
 
@@ -353,6 +354,7 @@ struct Bench {
         r.finalize_ms = (s.finalize_ns - before[t.mode].finalize_ns) / 1e6 / steps;
         r.finalize_wait_ms = (s.finalize_wait_ns - before[t.mode].finalize_wait_ns) / 1e6 / steps;
         r.walk_ms = (s.graph_walk_ns - before[t.mode].graph_walk_ns) / 1e6 / steps;
+        r.step_check_ms = (s.step_check_ns - before[t.mode].step_check_ns) / 1e6 / steps;
         r.walk_nodes = s.graph_walk_nodes;
         // Overlap from a few extra steps with the timeline on (off while timing).
         auto* mutable_reducer = const_cast<ddp::Reducer*>(red);
@@ -497,6 +499,13 @@ int main(int argc, char** argv) {
                     reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-");
       }
       for (const auto& r : results) {
+        if ((r.mode == "ddp" || r.mode == "ddp_fu") && r.median_ms > 0) {
+          std::printf("step check (%s): %.3f ms per step keeping the ranks in step (section headers, parameter "
+                      "checks) = %.2f%% of the step\n",
+                      r.mode.c_str(), r.step_check_ms, 100.0 * r.step_check_ms / r.median_ms);
+        }
+      }
+      for (const auto& r : results) {
         if (r.walk_nodes > 0) {
           std::printf("graph walk (%s): %lld autograd nodes in %.3f ms (%.2f us per node)\n", r.mode.c_str(),
                       static_cast<long long>(r.walk_nodes), r.walk_ms, 1000.0 * r.walk_ms / r.walk_nodes);
@@ -528,9 +537,10 @@ int main(int argc, char** argv) {
           << fmt::format("{{\"model\":\"{}\",\"mode\":\"{}\",\"median_ms\":{:.4f},\"p90_ms\":{:.4f},"
                          "\"samples_per_s\":{:.2f},\"bytes_per_step\":{},\"buckets\":{},\"hook_ms\":{:.4f},"
                          "\"finalize_ms\":{:.4f},\"finalize_wait_ms\":{:.4f},\"graph_walk_ms\":{:.4f},"
-                         "\"graph_walk_nodes\":{},\"hidden_fraction\":{:.4f}}}",
+                         "\"graph_walk_nodes\":{},\"hidden_fraction\":{:.4f},\"step_check_ms\":{:.4f}}}",
                          r.model, r.mode, r.median_ms, r.p90_ms, r.samples_per_s, r.bytes_per_step, r.buckets,
-                         r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.walk_nodes, r.hidden_fraction);
+                         r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.walk_nodes, r.hidden_fraction,
+                         r.step_check_ms);
     }
     out << "],\"models\":[";
     for (size_t i = 0; i < extra_json.size(); ++i) out << (i ? "," : "") << extra_json[i];

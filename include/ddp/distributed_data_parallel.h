@@ -20,11 +20,20 @@
 namespace ddp {
 
 namespace detail {
-// The parameters of `module` that require grad, with their qualified names, in
+// Every parameter of `module` (frozen ones too), with its qualified name, in
 // registration order.
-Reducer::NamedParameters trainable_parameters(const torch::nn::Module& module);
+Reducer::NamedParameters named_parameters(const torch::nn::Module& module);
+// The module's buffers with their qualified names.
+Reducer::NamedParameters named_buffers(const torch::nn::Module& module);
+// The module's defined buffers.
+std::vector<at::Tensor> buffers_of(const torch::nn::Module& module);
 // Broadcasts the module's parameters and buffers from rank 0 (coalesced).
-void broadcast_module_state(ProcessGroup& process_group, torch::nn::Module& module, bool with_parameters);
+void broadcast_module_state(ProcessGroup& process_group, torch::nn::Module& module);
+// Throws ReductionError naming the parameters when the module now holds trainable
+// parameters that `reducer` does not reduce (replace_module, a new or unfrozen parameter
+// after wrapping): their gradients would silently stay local.
+// Counted in ReducerStats::step_check_ns.
+void check_module_parameters(Reducer& reducer, const torch::nn::Module& module);
 } // namespace detail
 
 template <typename Module>
@@ -42,8 +51,11 @@ class DistributedDataParallel {
       throw InvalidArgumentError(
           "ddp::DistributedDataParallel: the process group is null; create one with ddp::init_process_group()");
     }
-    reducer_ = std::make_unique<Reducer>(detail::trainable_parameters(*module_), process_group, std::move(options));
-    detail::broadcast_module_state(*process_group, *module_, /*with_parameters=*/true);
+    // The reducer's one construction collective checks options, every parameter and
+    // every buffer across ranks; only then is anything broadcast.
+    reducer_ = std::make_unique<Reducer>(detail::named_parameters(*module_), process_group, std::move(options),
+                                         detail::named_buffers(*module_));
+    detail::broadcast_module_state(*process_group, *module_);
   }
 
   template <typename Impl = Module>
@@ -52,15 +64,24 @@ class DistributedDataParallel {
       : DistributedDataParallel(holder.ptr(), std::move(process_group), std::move(options)) {}
 
   // Runs the module's forward with any arguments and returns its result unchanged.
+  // A training forward (grad mode on) starts a step: the reducer checks the previous one
+  // and arms its hooks for the coming backward. A forward under torch::NoGradGuard leaves
+  // the reducer's step alone, so it may run between a training forward and its backward.
+  // With broadcast_buffers, every forward first takes rank 0's buffers (all ranks must
+  // then run the same forwards, as in PyTorch).
   template <typename... Args>
   auto forward(Args&&... args) {
-    reducer_->prepare_for_forward();
-    if (reducer_->options().broadcast_buffers && reducer_->process_group()->size() > 1 &&
-        module_->buffers().size() > 0) {
-      detail::broadcast_module_state(*reducer_->process_group(), *module_, /*with_parameters=*/false);
+    const bool training = at::GradMode::is_enabled();
+    if (training) {
+      reducer_->prepare_for_forward();
+      detail::check_module_parameters(*reducer_, *module_);
+    }
+    if (reducer_->options().broadcast_buffers && reducer_->process_group()->size() > 1) {
+      auto buffers = detail::buffers_of(*module_);
+      if (!buffers.empty()) reducer_->sync_module_state(buffers);
     }
     auto result = module_->forward(std::forward<Args>(args)...);
-    if (at::GradMode::is_enabled()) {
+    if (training) {
       reducer_->prepare_for_backward(output_tensors(result));
     }
     return result;

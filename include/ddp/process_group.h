@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <chrono>
 #include <memory>
@@ -22,6 +23,10 @@ class ProcessGroup {
   virtual int size() const = 0;
   // "mpi" or "nccl".
   virtual std::string backend() const = 0;
+  // Where this group's collectives take their tensors: CPU for MPI, the rank's GPU for
+  // NCCL. Every collective libddp issues on its own behalf (verification, headers, used
+  // flags, module state) uses tensors on this device.
+  virtual c10::Device device() const { return c10::Device(c10::kCPU); }
 
   // Every call is asynchronous and returns at once; collectives run in issue order.
   // Tensors must be contiguous and stay alive (and untouched) until wait() returns.

@@ -16,29 +16,53 @@
 #include <ddp/reducer_stats.h>
 #include <ddp/timeline.h>
 
+namespace torch::nn {
+class Module;
+}
+
 namespace ddp {
+
+class Reducer;
+namespace detail {
+void check_module_parameters(Reducer& reducer, const torch::nn::Module& module);
+}
 
 class Reducer {
  public:
   using NamedParameters = std::vector<std::pair<std::string, at::Tensor>>;
 
-  // Parameters that do not require grad are skipped. Verifies across ranks that the
-  // remaining parameters agree (count, names, shapes, dtypes) and throws
-  // ModelMismatchError on every rank otherwise; throws InvalidArgumentError when none
-  // is left. Collective: every rank must construct its Reducer at the same point.
-  Reducer(NamedParameters parameters, std::shared_ptr<ProcessGroup> process_group, Options options = {});
+  // Parameters that do not require grad are not reduced. One collective verifies that
+  // every rank agrees on the options that shape the collectives (bucket caps,
+  // gradient_as_bucket_view, in_place_min_mb, broadcast_buffers, static_graph), on every
+  // parameter, frozen ones included (count, names, shapes, dtypes, which are frozen), and
+  // on `buffers` (tensors that are not reduced but must match, e.g. to be broadcast);
+  // throws ModelMismatchError on every rank otherwise, and InvalidArgumentError when no
+  // parameter requires grad or a parameter is already managed by another Reducer.
+  // Collective: every rank must construct its Reducer at the same point.
+  Reducer(NamedParameters parameters, std::shared_ptr<ProcessGroup> process_group, Options options = {},
+          NamedParameters buffers = {});
   ~Reducer();
   Reducer(const Reducer&) = delete;
   Reducer& operator=(const Reducer&) = delete;
 
-  // Call before each forward. Checks that the previous iteration finished, and once,
-  // after the first synchronised iteration, rebuilds the buckets in the observed
-  // gradient-ready order (rank 0's order, broadcast). Collective on that iteration.
+  // Call before each training forward (grad mode on; not before a forward under
+  // torch::NoGradGuard). Counts the step, checks that the previous backward finished
+  // (completing an interrupted one with the other ranks, then throwing ReductionError)
+  // and that the parameters were not changed since construction, and once rebuilds the
+  // buckets in the gradient-ready order rank 0 observed in the first iteration.
   void prepare_for_forward();
   // Call after each forward with the tensors it produced (the loss's ancestors).
   // Arms the hooks for one backward; with find_unused_parameters, walks the autograd
   // graph from `outputs` and marks unreachable parameters ready at once.
   void prepare_for_backward(const std::vector<at::Tensor>& outputs);
+
+  // Broadcasts rank 0's values of `tensors` (module buffers) to every rank, after a
+  // small header exchange that checks every rank is at the same step (ReductionError on
+  // every rank, naming each rank's step, otherwise). Collective; blocking.
+  void sync_module_state(const std::vector<at::Tensor>& tensors);
+
+  // True when `tensor` is one of the parameters this reducer reduces.
+  bool manages(const at::Tensor& tensor) const;
 
   // false while a no_sync() guard is alive: gradients accumulate locally.
   bool require_sync() const;
@@ -71,6 +95,7 @@ class Reducer {
   class Impl;
 
  private:
+  friend void detail::check_module_parameters(Reducer& reducer, const torch::nn::Module& module);
   std::shared_ptr<Impl> impl_;
 };
 

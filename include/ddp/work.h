@@ -27,6 +27,10 @@ class Work {
   // ddp::TimeoutError naming the collective and the rank when it expires.
   virtual void wait(std::chrono::milliseconds timeout = kNoTimeout);
 
+  // True while the collective has not completed although a wait() on it already timed
+  // out: its peers are gone or out of step, so it may never complete.
+  bool timed_out() const;
+
   // What the collective is, e.g. "allreduce of 4194304 x Float (16.0 MiB)".
   const std::string& description() const { return description_; }
   // Position of this collective in its process group's issue order (from 1).
@@ -48,6 +52,7 @@ class Work {
   mutable std::mutex mutex_;
   std::condition_variable done_cv_;
   bool completed_ = false;
+  bool timed_out_ = false;
   std::exception_ptr error_;
   Clock::time_point start_time_{};
   Clock::time_point end_time_{};

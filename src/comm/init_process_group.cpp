@@ -8,6 +8,7 @@
 #include <ddp/error.h>
 
 #include "common/check.h"
+#include "common/timeouts.h"
 #if DDP_HAVE_MPI
 #include "comm/mpi/factory.h"
 #endif
@@ -71,15 +72,7 @@ std::shared_ptr<ProcessGroup> create(const std::string& backend, std::optional<c
 std::shared_ptr<ProcessGroup> init_process_group(const std::string& backend, std::optional<c10::Device> device) {
   auto group = create(backend, device);
   detail::set_world_rank(group->rank());
-  if (const char* s = std::getenv("DDP_TIMEOUT_S")) {
-    char* end = nullptr;
-    const double seconds = std::strtod(s, &end);
-    if (end == s || seconds <= 0) {
-      throw InvalidArgumentError(fmt::format(
-          "[ddp rank {}] DDP_TIMEOUT_S=\"{}\" is not a positive number of seconds", group->rank(), s));
-    }
-    group->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-  }
+  if (auto timeout = detail::seconds_from_env("DDP_TIMEOUT_S", group->rank())) group->set_timeout(*timeout);
   return group;
 }
 

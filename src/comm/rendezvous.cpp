@@ -1,5 +1,7 @@
 #include "comm/rendezvous.h"
 
+#include "common/timeouts.h"
+
 #include <fmt/format.h>
 
 #include <cerrno>
@@ -122,14 +124,8 @@ void parse_tcp_url(const std::string& url, const std::string& rest, RendezvousCo
 
 RendezvousConfig RendezvousConfig::from_env(const EnvLookup& getenv) {
   RendezvousConfig config;
-  if (const char* timeout = lookup(getenv, "DDP_TIMEOUT_S")) {
-    char* end = nullptr;
-    const double seconds = std::strtod(timeout, &end);
-    if (end == timeout || *end != '\0' || !(seconds > 0)) {
-      throw InvalidArgumentError(
-          fmt::format("[ddp rank ?] DDP_TIMEOUT_S=\"{}\" is not a positive number of seconds", timeout));
-    }
-    config.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  if (const char* timeout = lookup(getenv, "DDP_TIMEOUT_S"); timeout != nullptr && *timeout != '\0') {
+    config.timeout = detail::parse_seconds("DDP_TIMEOUT_S", timeout, -1);
   }
   if (auto [name, value] = first_set(getenv, {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
                                               "SLURM_LOCALID"});

@@ -4,6 +4,8 @@
 
 #include <ddp/error.h>
 
+#include "common/timeouts.h"
+
 namespace ddp {
 
 Work::Work(std::string description, uint64_t sequence, int rank)
@@ -18,14 +20,22 @@ bool Work::is_completed() const {
 
 void Work::wait(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mutex_);
-  if (timeout.count() < 0) {
+  // A negative or enormous timeout (milliseconds::max()) means "no timeout": adding
+  // it to the clock would overflow and time out at once.
+  if (timeout.count() < 0 || detail::is_unbounded(timeout)) {
     done_cv_.wait(lock, [this] { return completed_; });
-  } else if (!done_cv_.wait_for(lock, timeout, [this] { return completed_; })) {
+  } else if (!done_cv_.wait_until(lock, detail::deadline_after(timeout), [this] { return completed_; })) {
+    timed_out_ = true;
     throw_timeout(timeout);
   }
   if (error_) {
     std::rethrow_exception(error_);
   }
+}
+
+bool Work::timed_out() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return timed_out_ && !completed_;
 }
 
 Work::Clock::time_point Work::start_time() const {

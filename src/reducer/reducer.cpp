@@ -6,11 +6,13 @@
 
 namespace ddp {
 
-Reducer::Reducer(NamedParameters parameters, std::shared_ptr<ProcessGroup> process_group, Options options) {
+Reducer::Reducer(NamedParameters parameters, std::shared_ptr<ProcessGroup> process_group, Options options,
+                 NamedParameters buffers) {
   if (!process_group) {
     throw InvalidArgumentError("ddp::Reducer: the process group is null; create one with ddp::init_process_group()");
   }
-  impl_ = std::make_shared<Impl>(std::move(parameters), std::move(process_group), std::move(options));
+  impl_ = std::make_shared<Impl>(std::move(parameters), std::move(buffers), std::move(process_group),
+                                 std::move(options));
   impl_->register_hooks();
 }
 
@@ -18,6 +20,8 @@ Reducer::~Reducer() = default;
 
 void Reducer::prepare_for_forward() { impl_->prepare_for_forward(); }
 void Reducer::prepare_for_backward(const std::vector<at::Tensor>& outputs) { impl_->prepare_for_backward(outputs); }
+void Reducer::sync_module_state(const std::vector<at::Tensor>& tensors) { impl_->sync_module_state(tensors); }
+bool Reducer::manages(const at::Tensor& tensor) const { return impl_->manages(tensor); }
 bool Reducer::require_sync() const { return impl_->require_sync; }
 void Reducer::set_require_sync(bool require_sync) { impl_->require_sync = require_sync; }
 std::vector<std::string> Reducer::unused_parameters() const { return impl_->unused_names(/*global=*/true); }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <ddp/collectives.h>
@@ -17,8 +18,10 @@
 
 #include "bucket/bucket_assignment.h"
 #include "bucket/slot_copy.h"
+#include "comm/consistency_check.h"
 #include "common/check.h"
 #include "common/logging.h"
+#include "common/timeouts.h"
 
 namespace ddp {
 namespace {
@@ -53,15 +56,15 @@ std::string timeline_path_for(const std::string& path, int rank) {
   return fmt::format("{}.rank{}{}", path.substr(0, dot), rank, path.substr(dot));
 }
 
-Reducer::NamedParameters validated(Reducer::NamedParameters parameters, int rank) {
+Reducer::NamedParameters validated(const Reducer::NamedParameters& parameters, int rank) {
   Reducer::NamedParameters kept;
   std::unordered_set<const void*> seen_tensors;
   std::unordered_set<std::string> seen_names;
-  for (auto& [name, tensor] : parameters) {
+  for (const auto& [name, tensor] : parameters) {
     if (!tensor.defined()) {
       throw InvalidArgumentError(fmt::format("[ddp rank {}] parameter '{}' is an undefined tensor", rank, name));
     }
-    if (!tensor.requires_grad()) continue; // frozen: nothing to reduce
+    if (!tensor.requires_grad()) continue; // frozen: nothing to reduce (but checked across ranks)
     if (!tensor.is_leaf()) {
       throw InvalidArgumentError(fmt::format(
           "[ddp rank {}] parameter '{}' is not a leaf tensor (it has a grad_fn), so it has no gradient "
@@ -96,6 +99,40 @@ Reducer::NamedParameters validated(Reducer::NamedParameters parameters, int rank
   return kept;
 }
 
+// What every rank must agree on before the first collective of the reducer: the options
+// that shape the collective sequence, every parameter (frozen ones are broadcast too) and
+// every buffer.
+std::vector<detail::ConsistencyItem> construction_items(const Options& o, const Reducer::NamedParameters& parameters,
+                                                        const Reducer::NamedParameters& buffers) {
+  using Kind = detail::ConsistencyItem::Kind;
+  std::vector<detail::ConsistencyItem> items = {
+      {Kind::kOption, "bucket_cap_mb", fmt::format("{}", o.bucket_cap_mb)},
+      {Kind::kOption, "first_bucket_cap_mb", fmt::format("{}", o.first_bucket_cap_mb)},
+      {Kind::kOption, "in_place_min_mb", fmt::format("{}", o.in_place_min_mb)},
+      {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view ? "true" : "false"},
+      {Kind::kOption, "broadcast_buffers", o.broadcast_buffers ? "true" : "false"},
+      {Kind::kOption, "static_graph", o.static_graph ? "true" : "false"},
+  };
+  for (const auto& [name, t] : parameters) {
+    items.push_back({Kind::kParameter, name, t.defined() ? detail::describe_tensor(t, !t.requires_grad()) : "undefined"});
+  }
+  for (const auto& [name, t] : buffers) {
+    items.push_back({Kind::kBuffer, name, t.defined() ? detail::describe_tensor(t) : "undefined"});
+  }
+  return items;
+}
+
+// Which Reducer hooks which parameter: a module wrapped twice would have two sets of
+// hooks on one accumulator, and the idle one would blame the user's forward.
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::unordered_map<const c10::TensorImpl*, const void*>& registry() {
+  static std::unordered_map<const c10::TensorImpl*, const void*> r;
+  return r;
+}
+
 std::vector<std::string> parameter_names_of(const Reducer::NamedParameters& named) {
   std::vector<std::string> out;
   for (const auto& [name, t] : named) out.push_back(name);
@@ -115,13 +152,16 @@ Options validated(Options options, int rank) {
   };
   if (!(options.bucket_cap_mb > 0)) throw bad("bucket_cap_mb", options.bucket_cap_mb, "> 0 (MiB)");
   if (!(options.first_bucket_cap_mb > 0)) throw bad("first_bucket_cap_mb", options.first_bucket_cap_mb, "> 0 (MiB)");
+  if (!(options.in_place_min_mb >= 0 || options.in_place_min_mb == -1.0)) {
+    throw bad("in_place_min_mb", options.in_place_min_mb, ">= 0 (MiB), or -1 for the default");
+  }
   if (options.timeout.count() <= 0) {
     throw bad("timeout", static_cast<double>(options.timeout.count()), "> 0 milliseconds");
   }
-  // DDP_TIMEOUT_S replaces the default; a timeout set in the code wins over it.
-  if (const char* s = std::getenv("DDP_TIMEOUT_S"); s != nullptr && options.timeout == Options{}.timeout) {
-    const double seconds = std::atof(s);
-    if (seconds > 0) options.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  // DDP_TIMEOUT_S replaces the default; a timeout set in the code wins over it. A value
+  // that is not a number of seconds is an error naming the variable, on every path.
+  if (auto env = detail::seconds_from_env("DDP_TIMEOUT_S", rank); env && options.timeout == Options{}.timeout) {
+    options.timeout = *env;
   }
   if (const char* s = std::getenv("DDP_TIMELINE")) {
     if (*s != '\0') options.timeline_path = s;
@@ -131,16 +171,41 @@ Options validated(Options options, int rank) {
 
 } // namespace
 
-Reducer::Impl::Impl(NamedParameters parameters, std::shared_ptr<ProcessGroup> group, Options opts)
-    : names(parameter_names_of(parameters = validated(std::move(parameters), group->rank()))),
+Reducer::Impl::Impl(NamedParameters all_parameters, NamedParameters buffers, std::shared_ptr<ProcessGroup> group,
+                    Options opts)
+    : Impl(validated(all_parameters, group->rank()), all_parameters, std::move(buffers), group, std::move(opts)) {}
+
+Reducer::Impl::Impl(NamedParameters parameters, const NamedParameters& all_parameters, NamedParameters buffers,
+                    std::shared_ptr<ProcessGroup> group, Options opts)
+    : names(parameter_names_of(parameters)),
       parameters(tensors_of(parameters)),
       process_group(std::move(group)),
       options(validated(std::move(opts), process_group->rank())),
       timeline(!options.timeline_path.empty()),
       rank_(process_group->rank()),
-      world_size_(process_group->size()) {
-  verify_same_tensors(*process_group, parameters, "parameter");
+      world_size_(process_group->size()),
+      comm_device_(process_group->device()) {
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    for (size_t i = 0; i < this->parameters.size(); ++i) {
+      if (registry().count(this->parameters[i].unsafeGetTensorImpl())) {
+        throw InvalidArgumentError(fmt::format(
+            "{} parameter '{}' is already managed by another ddp::Reducer: the module is wrapped by two "
+            "DistributedDataParallel objects (or two Reducers share parameters). Wrap each module once; destroy "
+            "the first wrapper before wrapping the module again.",
+            rank_prefix(), names[i]));
+      }
+    }
+  }
+  // One collective: options, every parameter (frozen too) and every buffer.
+  detail::verify_consistent(*process_group, construction_items(options, all_parameters, buffers));
   const size_t n = this->parameters.size();
+  for (const auto& p : this->parameters) {
+    dtypes_.push_back(p.scalar_type());
+    devices_.push_back(p.device());
+    shapes_.push_back(p.sizes().vec());
+    managed_.insert(p.unsafeGetTensorImpl());
+  }
   marked_.assign(n, 0);
   marked_early_.assign(n, 0);
   local_used_.assign(n, 0);
@@ -148,19 +213,61 @@ Reducer::Impl::Impl(NamedParameters parameters, std::shared_ptr<ProcessGroup> gr
   last_used_by_.assign(n, world_size_);
   last_local_used_.assign(n, 1);
   scale_ = at::scalar_tensor(1.0 / world_size_, at::TensorOptions().dtype(at::kDouble));
-  const auto device = this->parameters.front().device();
-  used_local_ = at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kByte).device(device));
-  used_all_ = at::zeros({world_size_, static_cast<int64_t>(n)}, used_local_.options());
+  // The flags and the header travel on the group's device; host mirrors are filled and
+  // read without allocating per iteration.
+  used_local_ = at::zeros({static_cast<int64_t>(n) + 1}, at::TensorOptions().dtype(at::kByte).device(comm_device_));
+  used_all_ = at::zeros({world_size_, static_cast<int64_t>(n) + 1}, used_local_.options());
   for (int r = 0; r < world_size_; ++r) used_all_rows_.push_back(used_all_[r]);
-  // Host mirrors, the same tensors on CPU: finalize allocates nothing per iteration.
-  used_local_host_ = device.is_cpu() ? used_local_ : at::zeros_like(used_local_, at::kCPU);
-  used_all_host_ = device.is_cpu() ? used_all_ : at::zeros_like(used_all_, at::kCPU);
+  used_local_host_ = comm_device_.is_cpu() ? used_local_ : at::zeros_like(used_local_, at::kCPU);
+  used_all_host_ = comm_device_.is_cpu() ? used_all_ : at::zeros_like(used_all_, at::kCPU);
+  header_local_ = at::zeros({3}, at::TensorOptions().dtype(at::kLong).device(comm_device_));
+  header_all_ = at::zeros({world_size_, 3}, header_local_.options());
+  for (int r = 0; r < world_size_; ++r) header_rows_.push_back(header_all_[r]);
   build_buckets(detail::reverse_order(n));
 }
 
 Reducer::Impl::~Impl() {
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    for (const auto& p : parameters) {
+      auto it = registry().find(p.unsafeGetTensorImpl());
+      if (it != registry().end() && it->second == this) registry().erase(it);
+    }
+  }
   for (size_t i = 0; i < accumulators_.size() && i < hook_keys_.size(); ++i) {
     accumulators_[i]->del_post_hook(hook_keys_[i]);
+  }
+  if (phase_ == Phase::kArmed) {
+    detail::log(detail::LogLevel::kWarn, rank_,
+                "the DistributedDataParallel wrapper (or ddp::Reducer) of step {} was destroyed after its forward "
+                "and before its backward: that backward will not be reduced (each rank keeps its local gradients). "
+                "Keep the wrapper alive until backward() returns.",
+                step_);
+  }
+  // A backward that raised and was never followed by another forward: complete its
+  // section (without waiting) so that the peers' collectives still pair up.
+  if (world_size_ > 1 && broken_.empty() && phase_ == Phase::kBackward && header_verified_) {
+    try {
+      complete_interrupted_section();
+      phase_ = Phase::kIdle;
+    } catch (const std::exception& e) {
+      detail::log(detail::LogLevel::kWarn, rank_, "could not complete the interrupted backward: {}", e.what());
+    }
+  }
+  // Goodbye: a peer still training waits on a section header; this one tells it that this
+  // rank has finished, instead of leaving it to time out. Not waited on here: it completes
+  // when the peers reach their next header (or their own goodbye).
+  if (world_size_ > 1 && broken_.empty() && phase_ != Phase::kBackward) {
+    try {
+      int64_t record[3] = {static_cast<int64_t>(Section::kFinished), step_, state_syncs_};
+      at::Tensor local = at::from_blob(record, {3}, at::kLong).clone().to(comm_device_);
+      std::vector<at::Tensor> rows;
+      for (int r = 0; r < world_size_; ++r) rows.push_back(at::empty({3}, local.options()));
+      process_group->allgather(rows, local);
+    } catch (const std::exception& e) {
+      detail::log(detail::LogLevel::kWarn, rank_, "could not tell the other ranks that this one finished: {}",
+                  e.what());
+    }
   }
   if (timeline.enabled() && !options.timeline_path.empty()) {
     try {
@@ -186,6 +293,8 @@ void Reducer::Impl::register_hooks() {
     accumulators_.push_back(std::move(accumulator));
   }
   walker_ = std::make_unique<detail::GraphWalker>(nodes);
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  for (const auto& p : parameters) registry()[p.unsafeGetTensorImpl()] = this;
 }
 
 std::string Reducer::Impl::rank_prefix() const {
@@ -253,57 +362,222 @@ std::string Reducer::Impl::names_of(const std::vector<size_t>& indices) const {
 }
 
 void Reducer::Impl::rebuild_buckets_if_due() {
-  if (rebuilt_ || iteration_ < 1 || ready_order_.size() != parameters.size()) return;
-  // Every rank builds the same buckets from rank 0's observed order.
-  at::Tensor order = at::empty({static_cast<int64_t>(parameters.size())}, at::kLong);
-  auto* data = order.data_ptr<int64_t>();
-  for (size_t k = 0; k < ready_order_.size(); ++k) data[k] = static_cast<int64_t>(ready_order_[k]);
-  if (world_size_ > 1) {
-    at::Tensor on_device = order.to(used_local_.device());
-    process_group->broadcast(on_device, 0)->wait(timeout());
-    order.copy_(on_device);
-  }
-  std::vector<size_t> observed(parameters.size());
-  for (size_t k = 0; k < observed.size(); ++k) observed[k] = static_cast<size_t>(data[k]);
+  // Local: rank 0's order arrived in the first iteration's section (finalize), so every
+  // rank builds the same buckets here without a collective of its own.
+  if (rebuilt_ || rebuild_order_.empty()) return;
   rebuilt_ = true;
   stats.bucket_rebuilds += 1;
-  build_buckets(observed);
+  build_buckets(rebuild_order_);
+}
+
+void Reducer::Impl::throw_if_broken() const {
+  if (!broken_.empty()) throw ReductionError(broken_);
+}
+
+void Reducer::Impl::check_parameters_unchanged() const {
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    const at::Tensor& p = parameters[i];
+    const bool same_meta = p.scalar_type() == dtypes_[i] && p.device() == devices_[i] && p.sizes() == shapes_[i];
+    if (same_meta && torch::autograd::impl::try_get_grad_accumulator(p).get() == accumulators_[i].get()) continue;
+    throw ReductionError(fmt::format(
+        "{} parameter '{}' changed after it was wrapped: it is now {} {} on {} (was {} {} on {}){}. Its gradient "
+        "hook is gone, so its gradients would no longer be averaged and the ranks would diverge. Move, cast or "
+        "replace the module's parameters (module->to(...), replace_module, set_data) before wrapping it, and wrap "
+        "it again after any such change.",
+        rank_prefix(), names[i], c10::toString(p.scalar_type()), c10::str(p.sizes()), p.device().str(),
+        c10::toString(dtypes_[i]), c10::str(at::IntArrayRef(shapes_[i])), devices_[i].str(),
+        same_meta ? " and it has a new gradient accumulator" : ""));
+  }
+}
+
+bool Reducer::Impl::manages(const at::Tensor& tensor) const {
+  return managed_.count(tensor.unsafeGetTensorImpl()) > 0;
+}
+
+std::string Reducer::Impl::describe_header(const int64_t* record) const {
+  switch (static_cast<Section>(record[0])) {
+    case Section::kModuleState:
+      return fmt::format("broadcasting buffers for its forward #{} (training step {})", record[2] + 1, record[1]);
+    case Section::kReduction:
+      return fmt::format("reducing the gradients of training step {}", record[1]);
+    case Section::kFinished:
+      return fmt::format("finished: its DistributedDataParallel (Reducer) was destroyed after training step {}",
+                         record[1]);
+  }
+  return fmt::format("in an unknown section {} (not a libddp collective: a collective of the application's own?)",
+                     record[0]);
+}
+
+void Reducer::Impl::exchange_header(Section section, bool wait) {
+  if (world_size_ == 1) {
+    header_verified_ = true;
+    return;
+  }
+  const auto start = Clock::now();
+  int64_t* h = header_local_.is_cpu() ? header_local_.data_ptr<int64_t>() : nullptr;
+  const int64_t record[3] = {static_cast<int64_t>(section), step_, state_syncs_};
+  if (h != nullptr) {
+    std::copy(record, record + 3, h);
+  } else {
+    header_local_.copy_(at::from_blob(const_cast<int64_t*>(record), {3}, at::kLong));
+  }
+  header_verified_ = false;
+  header_work_ = process_group->allgather(header_rows_, header_local_);
+  stats.collectives += 1;
+  stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+  if (wait) verify_header();
+}
+
+void Reducer::Impl::verify_header() {
+  // Timed as the cost of the check: the wait includes any skew between the ranks, which
+  // the first collective of the section would otherwise absorb, so this is an upper bound.
+  const auto start = Clock::now();
+  struct Timer {
+    ReducerStats& stats;
+    Clock::time_point start;
+    ~Timer() { stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(); }
+  } timer{stats, start};
+  header_work_->wait(timeout());
+  header_work_.reset();
+  at::Tensor all = header_all_.is_cpu() ? header_all_ : header_all_.cpu();
+  const int64_t* a = all.data_ptr<int64_t>();
+  bool same = true;
+  for (int r = 1; r < world_size_; ++r) same = same && std::equal(a, a + 3, a + 3 * r);
+  if (same) {
+    header_verified_ = true;
+    return;
+  }
+  std::string states;
+  std::string finished;
+  for (int r = 0; r < world_size_; ++r) {
+    states += fmt::format("{}rank {} is {}", r ? "; " : "", r, describe_header(a + 3 * r));
+    if (static_cast<Section>(a[3 * r]) == Section::kFinished) finished += fmt::format("{}{}", finished.empty() ? "" : ",", r);
+  }
+  std::string cause;
+  if (!finished.empty()) {
+    cause = fmt::format(
+        "Rank(s) {} finished training while the others go on: uneven inputs. Every rank must run the same number of "
+        "iterations: give every rank the same number of batches (drop the last, uneven ones).",
+        finished);
+  } else {
+    cause =
+        "A rank skipped a gradient reduction or ran an extra forward: no_sync() on some ranks only, an exception "
+        "caught in forward or backward on some ranks only, a loss that does not depend on the forward's outputs on "
+        "some ranks, or a training forward through the wrapper that was not backpropagated on some ranks. Every rank "
+        "must run the same sequence of forward and backward passes.";
+  }
+  broken_ = fmt::format(
+      "{} the ranks are out of step: {}. {} Their collectives no longer pair up, so the reducer stops here on every "
+      "rank (its gradients are not averaged); restart from the last checkpoint.",
+      rank_prefix(), states, cause);
+  throw ReductionError(broken_);
+}
+
+void Reducer::Impl::complete_interrupted_section() {
+  for (size_t b = next_to_launch_; b < buckets_.size(); ++b) {
+    buckets_[b]->set_in_place(at::Tensor()); // never reduce garbage into a user's .grad
+    buckets_[b]->work() = process_group->allreduce(buckets_[b]->comm_tensor());
+    stats.collectives += 1;
+  }
+  next_to_launch_ = buckets_.size();
+  if (!flags_work_) {
+    std::fill_n(used_local_host_.data_ptr<uint8_t>(), parameters.size(), 0);
+    used_local_host_.data_ptr<uint8_t>()[parameters.size()] = kAbandoned;
+    if (!used_local_.is_same(used_local_host_)) used_local_.copy_(used_local_host_);
+    flags_work_ = process_group->allgather(used_all_rows_, used_local_);
+    stats.collectives += 1;
+  }
+}
+
+void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lock) {
+  // The previous backward raised before finalize (an exception in a backward function, a
+  // hook's error, a timeout). Its section may be cut anywhere; complete it the same way on
+  // every rank: the header, every bucket, and the status exchange saying "abandoned".
+  const int64_t step = step_;
+  const std::string cause = interrupted_cause_.empty() ? "an exception was raised during backward" : interrupted_cause_;
+  std::vector<std::shared_ptr<Work>> pending;
+  std::exception_ptr failure;
+  try {
+    if (world_size_ > 1) {
+      if (!header_verified_) {
+        if (!header_work_) throw_if_broken();
+        verify_header(); // a late peer may have arrived since; throws (broken) if out of step
+      }
+      complete_interrupted_section();
+      for (auto& b : buckets_) pending.push_back(b->work());
+      pending.push_back(flags_work_);
+    }
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  lock.unlock();
+  for (auto& w : pending) {
+    if (failure) break;
+    try {
+      w->wait(timeout());
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  lock.lock();
+  reset_iteration();
+  phase_ = Phase::kIdle;
+  iteration_ += 1;
+  if (failure) {
+    if (broken_.empty()) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::exception& e) {
+        broken_ = fmt::format("{} the backward of training step {} was interrupted ({}) and could not be completed "
+                              "on every rank: {}. The ranks are out of step; restart from the last checkpoint.",
+                              rank_prefix(), step, cause, e.what());
+      }
+    }
+    throw ReductionError(broken_);
+  }
+  throw ReductionError(fmt::format(
+      "{} the backward of training step {} did not finish ({}), so its gradients were not averaged on any rank. The "
+      "reducer has completed that step's collectives with the other ranks and is ready: zero the gradients and go on "
+      "with the next batch.",
+      rank_prefix(), step, cause));
 }
 
 void Reducer::Impl::prepare_for_forward() {
   std::unique_lock<std::mutex> lock(mutex_);
-  if (phase_ == Phase::kBackward) {
-    // The previous backward raised before finalize ran. Drain what it launched so the
-    // buffers are free again, then tell the user.
-    const int64_t iteration = iteration_;
-    std::vector<std::shared_ptr<Work>> launched;
-    for (auto& b : buckets_) {
-      if (b->work()) launched.push_back(b->work());
-    }
-    reset_iteration();
-    lock.unlock();
-    for (auto& w : launched) {
-      try {
-        w->wait(timeout());
-      } catch (...) {
-      }
-    }
-    throw ReductionError(fmt::format(
-        "{} the backward pass of iteration {} did not finish (an exception was raised during backward?), so its "
-        "gradients were not reduced. The reducer has been reset; if every rank failed the same way, training can "
-        "go on, otherwise the ranks' collectives no longer match.",
-        rank_prefix(), iteration));
-  }
+  throw_if_broken();
+  if (phase_ == Phase::kBackward) settle_interrupted_backward(lock);
+  const auto check_start = Clock::now();
+  check_parameters_unchanged();
+  stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - check_start).count();
   if (phase_ == Phase::kArmed || phase_ == Phase::kArmedNoSync) {
     // A forward without a backward (evaluation with grad enabled): nothing was launched.
     reset_iteration();
   }
   phase_ = Phase::kIdle;
-  if (require_sync) rebuild_buckets_if_due();
+  extra_backward_ = false;
+  step_ += 1;
+  rebuild_buckets_if_due();
+}
+
+void Reducer::Impl::sync_module_state(const std::vector<at::Tensor>& tensors) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  throw_if_broken();
+  if (world_size_ == 1 || tensors.empty()) return;
+  if (phase_ == Phase::kBackward) settle_interrupted_backward(lock);
+  // A forward under NoGradGuard between a training forward and its backward keeps the
+  // buffers as they are: the pending backward may have saved them (BatchNorm saves its
+  // running statistics), and overwriting them in place would break it. The next training
+  // forward broadcasts them.
+  if (!at::GradMode::is_enabled() && (phase_ == Phase::kArmed || phase_ == Phase::kArmedNoSync)) return;
+  exchange_header(Section::kModuleState);
+  state_syncs_ += 1;
+  lock.unlock();
+  broadcast_coalesced(*process_group, tensors, /*root=*/0);
 }
 
 void Reducer::Impl::prepare_for_backward(const std::vector<at::Tensor>& outputs) {
   std::lock_guard<std::mutex> lock(mutex_);
+  throw_if_broken();
   if (phase_ == Phase::kBackward) {
     throw ReductionError(fmt::format(
         "{} prepare_for_backward() was called while a backward pass is still being reduced; call it once after "
@@ -311,17 +585,18 @@ void Reducer::Impl::prepare_for_backward(const std::vector<at::Tensor>& outputs)
         rank_prefix()));
   }
   if (phase_ == Phase::kArmed) reset_iteration(); // prepared twice: start over
-  if (!require_sync) {
-    phase_ = Phase::kArmedNoSync;
-    return;
-  }
-  phase_ = Phase::kArmed;
-  // Finalize must run on this rank even if no parameter gets a gradient.
+  // Finalize must run on this rank even if no parameter gets a gradient; a backward that
+  // reaches these outputs again after finalize is a second backward (named as such).
   for (const at::Tensor& out : outputs) {
     if (out.defined() && out.requires_grad() && out.grad_fn()) {
       out.grad_fn()->add_pre_hook(std::make_unique<BackwardStartHook>(weak_from_this()));
     }
   }
+  if (!require_sync) {
+    phase_ = Phase::kArmedNoSync;
+    return;
+  }
+  phase_ = Phase::kArmed;
   if (options.static_graph && learned_static_) {
     for (size_t i = 0; i < parameters.size(); ++i) {
       if (!static_local_used_[i]) {
@@ -353,12 +628,32 @@ void Reducer::Impl::queue_finalize() {
   });
 }
 
+void Reducer::Impl::begin_backward(Clock::time_point start) {
+  phase_ = Phase::kBackward;
+  backward_start_ = start;
+  interrupted_cause_.clear();
+  // Issued now, checked before the first bucket launches (launch_ready_buckets): the
+  // exchange runs on the communication thread while the backward computes, and nothing of
+  // this section is launched before every rank is known to be at the same step.
+  exchange_header(Section::kReduction, /*wait=*/false);
+  queue_finalize();
+}
+
+void Reducer::Impl::verify_reduction_header() {
+  if (header_verified_ || !header_work_) return;
+  try {
+    verify_header();
+  } catch (const TimeoutError&) {
+    interrupted_cause_ = "the other ranks did not start the same backward within the timeout";
+    throw;
+  }
+}
+
 void Reducer::Impl::on_backward_start() {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (phase_ == Phase::kFinalized) extra_backward_ = true;
   if (phase_ != Phase::kArmed) return;
-  phase_ = Phase::kBackward;
-  backward_start_ = Clock::now();
-  queue_finalize();
+  begin_backward(Clock::now());
   launch_ready_buckets();
 }
 
@@ -377,16 +672,25 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
           "model.module()->forward(x)).",
           rank_prefix(), names[index]));
     case Phase::kFinalized:
+      if (extra_backward_) {
+        throw ReductionError(fmt::format(
+            "{} parameter '{}' received a gradient after the reduction of training step {} finished, from a "
+            "backward that reached that step's outputs again: a second backward() after one forward, or a nested "
+            "(reentrant) backward inside this one, as in reentrant activation checkpointing, that ended the "
+            "reduction early. Sum the losses and call backward() once, run the earlier backward passes under "
+            "no_sync() so that only the last one reduces, or use non-reentrant checkpointing.",
+            rank_prefix(), names[index], step_));
+      }
       throw ReductionError(fmt::format(
-          "{} parameter '{}' received a gradient after this iteration's reduction finished (iteration {}): a "
-          "second backward() after one forward, or a nested (reentrant) backward such as reentrant activation "
-          "checkpointing, which ends the reduction early. Sum the losses and call backward() once, run the earlier "
-          "backward passes under no_sync() so that only the last one reduces, or use non-reentrant checkpointing.",
-          rank_prefix(), names[index], iteration_ - 1));
+          "{} parameter '{}' received a gradient from a backward whose forward did not run through the wrapper: the "
+          "gradients of training step {} were already reduced and no output of a later forward through the wrapper "
+          "was reached. Run the forward as model(x), not model.module()->forward(x) or a submodule called "
+          "directly (for a forward that must not be reduced use no_sync()). A nested (reentrant) backward, as in "
+          "reentrant activation checkpointing, ends the reduction early the same way: use non-reentrant "
+          "checkpointing.",
+          rank_prefix(), names[index], step_));
     case Phase::kArmed:
-      phase_ = Phase::kBackward;
-      backward_start_ = start;
-      queue_finalize();
+      begin_backward(start);
       break;
     case Phase::kBackward:
       break;
@@ -476,7 +780,10 @@ void Reducer::Impl::mark_without_hook(size_t index) {
 }
 
 void Reducer::Impl::launch_ready_buckets() {
-  // Launch strictly in bucket order, so every rank issues the same sequence.
+  // Launch strictly in bucket order, so every rank issues the same sequence, and only
+  // after this section's header matched on every rank.
+  if (next_to_launch_ < buckets_.size() && buckets_[next_to_launch_]->ready()) verify_reduction_header();
+  if (!header_verified_) return;
   while (next_to_launch_ < buckets_.size() && buckets_[next_to_launch_]->ready()) {
     detail::Bucket& bucket = *buckets_[next_to_launch_];
     bucket.work() = process_group->allreduce(bucket.comm_tensor());
@@ -496,12 +803,27 @@ void Reducer::Impl::reset_iteration() {
   next_to_launch_ = 0;
   finalize_queued_ = false;
   pending_error_.clear();
+  header_verified_ = false;
+  header_work_.reset();
+  flags_work_.reset();
+  interrupted_cause_.clear();
+}
+
+std::string Reducer::Impl::ranks_with(const std::vector<uint8_t>& statuses, uint8_t status) const {
+  std::string out;
+  for (int r = 0; r < world_size_; ++r) {
+    if (statuses[r] == status) out += fmt::format("{}{}", out.empty() ? "" : ",", r);
+  }
+  return out;
 }
 
 void Reducer::Impl::finalize() {
   const auto start = Clock::now();
   std::unique_lock<std::mutex> lock(mutex_);
-  if (phase_ != Phase::kBackward) return; // a stale callback of an abandoned backward
+  // A stale callback of an abandoned backward, or a section whose header failed (the
+  // error is already on its way out of backward()).
+  if (phase_ != Phase::kBackward || (!header_verified_ && !header_work_)) return;
+  verify_reduction_header();
   const int64_t iteration = iteration_;
   const size_t n = parameters.size();
   // Sweep: whatever got no gradient contributes zeros (or its no_sync accumulation).
@@ -515,12 +837,26 @@ void Reducer::Impl::finalize() {
   last_local_used_.swap(local_used_);
   std::fill(local_used_.begin(), local_used_.end(), 0);
   const std::vector<char>& local_used = last_local_used_;
-  const bool exchange_flags = !(options.static_graph && learned_static_);
-  std::shared_ptr<Work> flags_work;
-  if (exchange_flags && world_size_ > 1) {
-    std::copy(local_used.begin(), local_used.end(), used_local_host_.data_ptr<uint8_t>());
+  if (options.static_graph && learned_static_) {
+    for (size_t i = 0; i < n; ++i) {
+      if (static_local_used_[i] && !local_used[i]) {
+        record_error(fmt::format(
+            "{} static_graph=true, but parameter '{}' received no gradient in iteration {} though it did in the "
+            "first iteration: the graph changed. Set Options::static_graph = false for models whose used "
+            "parameters vary.",
+            rank_prefix(), names[i], iteration));
+        break;
+      }
+    }
+  }
+  // Every section ends with the used flags and this rank's status, so that an error on
+  // one rank is an error on every rank, never a silent difference.
+  if (world_size_ > 1) {
+    uint8_t* flags = used_local_host_.data_ptr<uint8_t>();
+    std::copy(local_used.begin(), local_used.end(), flags);
+    flags[n] = pending_error_.empty() ? kOk : kLocalError;
     if (!used_local_.is_same(used_local_host_)) used_local_.copy_(used_local_host_);
-    flags_work = process_group->allgather(used_all_rows_, used_local_);
+    flags_work_ = process_group->allgather(used_all_rows_, used_local_);
     stats.collectives += 1;
   }
   lock.unlock();
@@ -536,9 +872,9 @@ void Reducer::Impl::finalize() {
       timeline.record(Timeline::Kind::kCollective, static_cast<int64_t>(b), iteration, work.start_time(),
                       work.end_time());
     }
-    if (flags_work) {
-      flags_work->wait(timeout());
-      timeline.record(Timeline::Kind::kUsedFlags, -1, iteration, flags_work->start_time(), flags_work->end_time());
+    if (flags_work_) {
+      flags_work_->wait(timeout());
+      timeline.record(Timeline::Kind::kUsedFlags, -1, iteration, flags_work_->start_time(), flags_work_->end_time());
     }
   } catch (...) {
     failure = std::current_exception();
@@ -547,26 +883,31 @@ void Reducer::Impl::finalize() {
 
   lock.lock();
   if (failure) {
-    reset_iteration();
-    phase_ = Phase::kFinalized;
+    // Left in kBackward: the next forward completes this section with the other ranks
+    // (settle_interrupted_backward) or reports that they are out of step.
+    interrupted_cause_ = "a collective of this backward timed out";
     std::rethrow_exception(failure);
   }
   std::vector<int64_t>& used_by = last_used_by_;
-  if (!exchange_flags) {
-    used_by = static_used_by_;
-  } else if (world_size_ == 1) {
+  std::vector<uint8_t> statuses(world_size_, kOk);
+  if (world_size_ == 1) {
     for (size_t i = 0; i < n; ++i) used_by[i] = local_used[i];
+    statuses[0] = pending_error_.empty() ? kOk : kLocalError;
   } else {
     if (!used_all_.is_same(used_all_host_)) used_all_host_.copy_(used_all_);
     const uint8_t* flags = used_all_host_.data_ptr<uint8_t>();
     std::fill(used_by.begin(), used_by.end(), 0);
     for (int r = 0; r < world_size_; ++r) {
-      for (size_t i = 0; i < n; ++i) used_by[i] += flags[r * n + i];
+      const uint8_t* row = flags + r * (n + 1);
+      for (size_t i = 0; i < n; ++i) used_by[i] += row[i];
+      statuses[r] = row[n];
     }
   }
+  if (options.static_graph && learned_static_) used_by = static_used_by_;
+  const bool all_ok = std::all_of(statuses.begin(), statuses.end(), [](uint8_t s) { return s == kOk; });
 
   // Write the averages into .grad; a parameter no rank used keeps its .grad untouched.
-  if (pending_error_.empty()) {
+  if (all_ok) {
     for (size_t i = 0; i < n; ++i) {
       if (used_by[i] == 0) continue;
       const Slot& slot = slots_[i];
@@ -584,23 +925,10 @@ void Reducer::Impl::finalize() {
   }
 
   // Learn from the first synchronised iteration.
-  if (options.static_graph) {
-    if (!learned_static_) {
-      static_local_used_ = local_used;
-      static_used_by_ = used_by;
-      learned_static_ = true;
-    } else {
-      for (size_t i = 0; i < n; ++i) {
-        if (static_local_used_[i] && !local_used[i]) {
-          record_error(fmt::format(
-              "{} static_graph=true, but parameter '{}' received no gradient in iteration {} though it did in the "
-              "first iteration: the graph changed. Set Options::static_graph = false for models whose used "
-              "parameters vary.",
-              rank_prefix(), names[i], iteration));
-          break;
-        }
-      }
-    }
+  if (options.static_graph && !learned_static_) {
+    static_local_used_ = local_used;
+    static_used_by_ = used_by;
+    learned_static_ = true;
   }
   if (iteration == 0) {
     // Parameters that never fired go last, in reverse registration order.
@@ -608,6 +936,33 @@ void Reducer::Impl::finalize() {
     for (size_t i : ready_order_) seen[i] = 1;
     for (size_t i = n; i-- > 0;) {
       if (!seen[i]) ready_order_.push_back(i);
+    }
+    // Every rank rebuilds its buckets from rank 0's order at the next forward. The order
+    // travels inside this section, after its status exchange showed every rank in step.
+    if (all_ok) {
+      at::Tensor order = at::empty({static_cast<int64_t>(n)}, at::kLong);
+      auto* data = order.data_ptr<int64_t>();
+      for (size_t k = 0; k < n; ++k) data[k] = static_cast<int64_t>(ready_order_[k]);
+      if (world_size_ > 1) {
+        at::Tensor on_device = order.to(comm_device_);
+        stats.collectives += 1;
+        lock.unlock();
+        std::exception_ptr order_failure;
+        try {
+          process_group->broadcast(on_device, 0)->wait(timeout());
+        } catch (...) {
+          order_failure = std::current_exception();
+        }
+        lock.lock();
+        if (order_failure) {
+          broken_ = fmt::format("{} the first iteration's bucket order could not be shared: the ranks are out of "
+                                "step; restart from the last checkpoint.", rank_prefix());
+          std::rethrow_exception(order_failure);
+        }
+        order = on_device.cpu();
+        data = order.data_ptr<int64_t>();
+      }
+      rebuild_order_.assign(data, data + n);
     }
   }
   report_unused(used_by);
@@ -621,10 +976,29 @@ void Reducer::Impl::finalize() {
   timeline.record(Timeline::Kind::kBackward, -1, iteration, backward_start_, end);
 
   std::string error = std::move(pending_error_);
+  const int64_t step = step_;
   reset_iteration();
   phase_ = Phase::kFinalized;
   iteration_ += 1;
   if (!error.empty()) throw ReductionError(error);
+  if (!all_ok) {
+    const std::string abandoned = ranks_with(statuses, kAbandoned);
+    const std::string failed = ranks_with(statuses, kLocalError);
+    std::string who;
+    if (!abandoned.empty()) {
+      who += fmt::format("the backward of rank(s) {} was interrupted (an exception during backward, or a timeout)",
+                         abandoned);
+    }
+    if (!failed.empty()) {
+      who += fmt::format("{}rank(s) {} found an error in their backward (their own message names it)",
+                         who.empty() ? "" : ", and ", failed);
+    }
+    throw ReductionError(fmt::format(
+        "{} the gradients of training step {} are not averaged: {}. No rank wrote averaged gradients for this step "
+        "(gradients reduced in place or as bucket views hold partial sums): zero the gradients and go on with the "
+        "next batch; the ranks are still in step.",
+        rank_prefix(), step, who));
+  }
 }
 
 void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by) {
@@ -651,7 +1025,7 @@ void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by) {
     for (size_t k = 0; k < partial.size(); ++k) {
       std::string ranks;
       for (int r = 0; r < world_size_; ++r) {
-        if (!flags[r * n + partial[k]]) ranks += fmt::format("{}{}", ranks.empty() ? "" : ",", r);
+        if (!flags[r * (n + 1) + partial[k]]) ranks += fmt::format("{}{}", ranks.empty() ? "" : ",", r);
       }
       partial_text += fmt::format("{}{} (ranks {})", k ? ", " : "", names[partial[k]], ranks);
     }

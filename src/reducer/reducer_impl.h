@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <unordered_set>
 #include <string>
 #include <vector>
 
@@ -22,7 +23,10 @@ namespace ddp {
 
 class Reducer::Impl : public std::enable_shared_from_this<Impl> {
  public:
-  Impl(NamedParameters parameters, std::shared_ptr<ProcessGroup> process_group, Options options);
+  // `parameters`: every parameter, frozen ones too (checked across ranks, not reduced).
+  // `buffers`: tensors that are not reduced but must agree across ranks (checked only).
+  Impl(NamedParameters parameters, NamedParameters buffers, std::shared_ptr<ProcessGroup> process_group,
+       Options options);
   ~Impl();
 
   // Registers the gradient hooks (needs shared_from_this, so not in the constructor).
@@ -30,6 +34,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
 
   void prepare_for_forward();
   void prepare_for_backward(const std::vector<at::Tensor>& outputs);
+  void sync_module_state(const std::vector<at::Tensor>& tensors);
+  bool manages(const at::Tensor& tensor) const;
 
   // Autograd callbacks.
   void on_gradient_ready(size_t index);
@@ -51,7 +57,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   };
 
   const std::vector<std::string> names;
-  const std::vector<at::Tensor> parameters;
+  const std::vector<at::Tensor> parameters; // the trainable ones, reduced
   const std::shared_ptr<ProcessGroup> process_group;
   const Options options;
   bool require_sync = true;
@@ -60,13 +66,52 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
 
  private:
   using Clock = std::chrono::steady_clock;
+  Impl(NamedParameters trainable, const NamedParameters& all_parameters, NamedParameters buffers,
+       std::shared_ptr<ProcessGroup> process_group, Options options);
   struct Slot {
     size_t bucket;
     size_t position; // within the bucket
   };
 
+  // What a rank is doing when it exchanges a section header (docs/semantics.md, "Ranks
+  // in step"): every group of collectives the reducer issues starts with one.
+  enum class Section : int64_t {
+    kModuleState = 1, // broadcasting buffers before a forward
+    kReduction = 2,   // reducing the gradients of one backward
+    kFinished = 3,    // this rank's reducer is being destroyed (it finished training)
+  };
+  // X's status byte, after the used flags: did this rank's backward go right?
+  enum Status : uint8_t { kOk = 0, kLocalError = 1, kAbandoned = 2 };
+
   void build_buckets(const std::vector<size_t>& order);
   void rebuild_buckets_if_due();
+  // Exchanges {section, step, module-state syncs} with every rank (one small allgather)
+  // and throws ReductionError on every rank, marking the reducer broken, when they differ.
+  // Caller holds mutex_. `wait`: false only issues it (verify_header() later).
+  void exchange_header(Section section, bool wait = true);
+  // Verifies the reduction section's header if it is still pending; a timeout there
+  // records why the section was interrupted.
+  void verify_reduction_header();
+  // Waits for header_work_ and compares the records (the second half of exchange_header).
+  void verify_header();
+  std::string describe_header(const int64_t* record) const;
+  // The first hook or the outputs' pre-hook of a synchronised backward: header, finalize.
+  void begin_backward(Clock::time_point start);
+  // Completes a backward section that an exception interrupted (before finalize), so every
+  // rank has issued the same collectives again, then throws what happened. Caller holds
+  // mutex_ (released while waiting).
+  void settle_interrupted_backward(std::unique_lock<std::mutex>& lock);
+  // Launches the interrupted section's remaining buckets and its "abandoned" status
+  // exchange, without waiting. Caller holds mutex_ and has verified the header.
+  void complete_interrupted_section();
+  // Throws the sticky error once the ranks are known to be out of step.
+  void throw_if_broken() const;
+  // Throws ReductionError when a parameter's tensor, dtype, device or gradient
+  // accumulator changed since construction (module->to(), set_data): its hook is gone.
+  void check_parameters_unchanged() const;
+  // Waits for this section's used-flags/status exchange; returns the ranks' statuses.
+  std::vector<uint8_t> read_statuses(std::vector<int64_t>& used_by);
+  std::string ranks_with(const std::vector<uint8_t>& statuses, uint8_t status) const;
   // Marks parameter i ready without a gradient hook: its accumulated gradient if it was
   // used under no_sync(), else zeros. Caller holds mutex_.
   void mark_without_hook(size_t index);
@@ -84,6 +129,12 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
 
   const int rank_;
   const int world_size_;
+  const c10::Device comm_device_; // where the reducer's own collectives take their tensors
+  // What each parameter was at construction: a change means its hook no longer fires.
+  std::vector<c10::ScalarType> dtypes_;
+  std::vector<c10::Device> devices_;
+  std::vector<std::vector<int64_t>> shapes_;
+  std::unordered_set<const c10::TensorImpl*> managed_;
   std::vector<std::unique_ptr<detail::Bucket>> buckets_;
   std::vector<Slot> slots_;
   // The accumulators' pointer type is shared_ptr or intrusive_ptr depending on the
@@ -104,8 +155,22 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   std::vector<char> reachable_;     // scratch for the graph walk
   std::string pending_error_;       // first protocol error of this backward, thrown by finalize
   Clock::time_point backward_start_{};
+  bool extra_backward_ = false;     // a backward reached our outputs after they were reduced
 
-  // Used flags exchanged by allgather: used_local_ (n bytes) -> used_all_ (world x n).
+  // Keeping the ranks in step (docs/semantics.md). step_ counts training forwards
+  // (prepare_for_forward calls), state_syncs_ module-state broadcasts.
+  int64_t step_ = 0;
+  int64_t state_syncs_ = 0;
+  std::string broken_;              // set once the ranks are out of step: every call throws it
+  std::string interrupted_cause_;   // why the current backward section was interrupted
+  bool header_verified_ = false;    // this backward section's header matched on every rank
+  std::shared_ptr<Work> header_work_;
+  std::shared_ptr<Work> flags_work_;
+  at::Tensor header_local_;         // int64 [3] on comm_device_
+  at::Tensor header_all_;           // int64 [world, 3]
+  std::vector<at::Tensor> header_rows_;
+
+  // Used flags and status exchanged by allgather: used_local_ (n + 1 bytes) -> used_all_.
   at::Tensor used_local_;
   at::Tensor used_all_;
   at::Tensor used_local_host_;
@@ -115,6 +180,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Learned in the first synchronised iteration.
   int64_t iteration_ = 0;
   std::vector<size_t> ready_order_;
+  std::vector<size_t> rebuild_order_; // rank 0's ready order, received after the first iteration
   bool rebuilt_ = false;
   bool learned_static_ = false;
   std::vector<char> static_local_used_;

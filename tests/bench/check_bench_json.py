@@ -7,7 +7,7 @@ import sys
 MODELS = {"mlp", "small", "convnet", "deepsup"}
 MODES = {"local", "ddp", "naive"}
 RESULT_FIELDS = {"model", "mode", "median_ms", "p90_ms", "samples_per_s", "bytes_per_step", "buckets",
-                 "hook_ms", "finalize_ms", "finalize_wait_ms", "hidden_fraction"}
+                 "hook_ms", "finalize_ms", "finalize_wait_ms", "hidden_fraction", "step_check_ms"}
 
 def main(path, world_size):
     with open(path) as f:

@@ -257,8 +257,10 @@ TEST_CASE("static_graph learns the used set once and rejects a changed graph by 
     auto [outs, skip] = model(torch::randn({2, 6}), false);
     outs[0].sum().backward();
   }
-  // Later iterations skip the used-flags exchange: only the buckets are reduced.
-  CHECK(model.reducer().stats().collectives - collectives_after_first == model.reducer().stats().buckets);
+  // Later iterations skip the graph walk, not the collectives: the section header, the
+  // buckets, and the used-flags/status exchange that keeps an error on one rank an error
+  // on every rank.
+  CHECK(model.reducer().stats().collectives - collectives_after_first == model.reducer().stats().buckets + 2);
   auto [outs, skip] = model(torch::randn({2, 6}), false);
   CHECK_THROWS_WITH((outs[0].sum() + outs[1].sum()).backward(),
                     Contains("static_graph=true") && Contains("'head1.") && Contains("graph changed"));

@@ -12,31 +12,14 @@
 #include <ddp/ddp.h>
 
 #include "common/logging.h"
+#include "capture_stderr.h"
 #include "loopback_process_group.h"
 
 using Catch::Contains;
 
 namespace {
 
-// Runs `fn` with stderr sent to a file; returns what was printed.
-template <typename Fn>
-std::string capture_stderr(Fn fn) {
-  std::fflush(stderr);
-  const std::string path = "logging_test_stderr.txt";
-  const int saved = dup(STDERR_FILENO);
-  FILE* file = std::fopen(path.c_str(), "w");
-  dup2(fileno(file), STDERR_FILENO);
-  fn();
-  std::fflush(stderr);
-  dup2(saved, STDERR_FILENO);
-  close(saved);
-  std::fclose(file);
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  std::remove(path.c_str());
-  return text.str();
-}
+using ddp::test::capture_stderr;
 
 struct TwoHeadsImpl : torch::nn::Module {
   TwoHeadsImpl() {

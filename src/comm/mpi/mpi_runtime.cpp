@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -17,13 +18,13 @@
 #include "comm/mpi/mpi_types.h"
 #include "common/check.h"
 #include "common/logging.h"
+#include "common/timeouts.h"
 
 namespace ddp::mpi {
 namespace {
 
-// How long process exit waits for a collective still running before it aborts the
-// MPI job: a rank that exits while its peers still wait must not hang them.
-constexpr std::chrono::seconds kExitGrace{10};
+// After this long waiting at exit, say (at INFO) what the exit waits for.
+constexpr std::chrono::seconds kExitNotice{10};
 
 const char* thread_level_name(int level) {
   switch (level) {
@@ -183,22 +184,54 @@ MpiRuntime::~MpiRuntime() {
     stopping_ = true;
   }
   queue_cv_.notify_one();
-  const auto deadline = std::chrono::steady_clock::now() + kExitGrace;
-  while (!exited_.load() && std::chrono::steady_clock::now() < deadline) {
+  // A rank that finished waits for its peers as long as they are alive: the communication
+  // thread runs what is still queued, then MPI_Finalize, which returns once every rank
+  // gets there (a peer saving a checkpoint is not killed). A dead peer ends the job through
+  // mpirun. Only two things abort from here: a collective that a wait already gave up on
+  // (its peers are gone or out of step, so it can never complete), and the explicit
+  // DDP_EXIT_TIMEOUT_S bound.
+  std::optional<std::chrono::milliseconds> exit_timeout;
+  try {
+    exit_timeout = detail::seconds_from_env("DDP_EXIT_TIMEOUT_S", world_rank_);
+  } catch (const std::exception& e) {
+    detail::log_line(detail::LogLevel::kError, world_rank_, fmt::format("{} (ignored: exit waits without bound)", e.what()));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = exit_timeout ? detail::deadline_after(*exit_timeout) : std::chrono::steady_clock::time_point::max();
+  bool noticed = false;
+  while (!exited_.load()) {
+    const Work* stuck = in_flight_.load();
+    const auto now = std::chrono::steady_clock::now();
+    std::string reason;
+    if (stuck != nullptr && stuck->timed_out()) {
+      reason = fmt::format("collective #{} ({}) never completed, and a wait on it already timed out: another rank "
+                           "stopped issuing the same collectives (it failed, skipped one, or finished early)",
+                           stuck->sequence(), stuck->description());
+    } else if (now >= deadline) {
+      reason = stuck != nullptr
+                   ? fmt::format("collective #{} ({}) has not completed after DDP_EXIT_TIMEOUT_S={} s",
+                                 stuck->sequence(), stuck->description(), exit_timeout->count() / 1000.0)
+                   : fmt::format("the other ranks have not finished (MPI_Finalize) after DDP_EXIT_TIMEOUT_S={} s",
+                                 exit_timeout->count() / 1000.0);
+    }
+    if (!reason.empty()) {
+      detail::log_line(detail::LogLevel::kError, world_rank_,
+                       fmt::format("process exit: {}. Aborting the MPI job so that no rank hangs.", reason));
+      MPI_Abort(MPI_COMM_WORLD, 3);
+      std::_Exit(3);
+    }
+    if (!noticed && now - start >= kExitNotice) {
+      noticed = true;
+      detail::log(detail::LogLevel::kInfo, world_rank_,
+                  "process exit: waiting for {} ({} s so far); the other ranks are still running. Set "
+                  "DDP_EXIT_TIMEOUT_S to bound this wait.",
+                  stuck != nullptr ? fmt::format("collective #{} ({})", stuck->sequence(), stuck->description())
+                                   : std::string("the other ranks to finish (MPI_Finalize)"),
+                  kExitNotice.count());
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  if (exited_.load()) {
-    thread_.join();
-    return;
-  }
-  const Work* stuck = in_flight_.load();
-  detail::log_line(detail::LogLevel::kError, world_rank_,
-                   fmt::format("process exit: collective #{} ({}) has not completed after {} s; another rank stopped "
-                               "issuing collectives. Aborting the MPI job so that no rank hangs.",
-                               stuck ? stuck->sequence() : 0, stuck ? stuck->description() : "unknown",
-                               kExitGrace.count()));
-  MPI_Abort(MPI_COMM_WORLD, 3);
-  std::_Exit(3);
+  thread_.join();
 }
 
 } // namespace ddp::mpi

@@ -42,7 +42,7 @@ class ProcessGroupNCCL final : public ProcessGroup {
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
   void barrier() override;
 
-  c10::Device device() const { return device_; }
+  c10::Device device() const override { return device_; }
   c10::cuda::CUDAStream comm_stream() const { return comm_stream_; }
 
  private:

@@ -10,6 +10,7 @@
 
 #include "comm/nccl/nccl_check.h"
 #include "comm/nccl/nccl_comm.h"
+#include "common/timeouts.h"
 
 namespace ddp::nccl {
 
@@ -60,7 +61,7 @@ void WorkNCCL::fail(const std::string& message) {
 }
 
 void WorkNCCL::wait_on_host(std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
+  const auto deadline = detail::deadline_after(timeout); // saturates: milliseconds::max() is "never"
   auto pause = std::chrono::microseconds(10);
   for (;;) {
     if (comm_->aborted()) {
