@@ -1,6 +1,7 @@
 // Gradient equivalence: N-rank DDP gradients equal single-process autograd (the oracle)
 // on the same data, for several models, bucket caps and iterations with SGD steps, and
-// parameters stay bit-identical across ranks.
+// parameters stay bit-identical across ranks. "Equal" is within the rounding-error bound
+// of the model's arithmetic (tests/support/world.h, reduction_tolerance).
 #include <catch2/catch.hpp>
 
 #include "models.h"
@@ -8,11 +9,13 @@
 
 namespace {
 
+using ddp::test::gradient_terms_at;
 using ddp::test::identical_across_ranks;
 using ddp::test::max_relative_error;
+using ddp::test::parameter_terms_after;
+using ddp::test::reduction_tolerance;
 using ddp::test::world;
 
-constexpr double kTolerance = 1e-6;
 constexpr int64_t kShard = 6; // samples per rank
 
 struct Batch {
@@ -35,10 +38,12 @@ torch::Tensor shard(const torch::Tensor& t, int rank) {
 // Runs `iterations` steps of DDP and of the oracle side by side and checks gradients and
 // parameters after every step. per_shard_oracle: the oracle averages per-shard losses
 // (needed with BatchNorm, whose statistics are per rank in DDP); otherwise it uses the
-// concatenated batch with a mean loss.
+// concatenated batch with a mean loss. `terms`: the model's rounding errors per iteration
+// (its reduction_terms, see world.h); the tolerance is reduction_tolerance at the least
+// precise parameter dtype, the batch is made in the first parameter's dtype.
 template <typename Holder>
 void check_equivalence(std::function<Holder()> make, ddp::Options options, std::vector<int64_t> sample_shape,
-                       int64_t classes, bool per_shard_oracle, int iterations = 4) {
+                       int64_t classes, bool per_shard_oracle, int64_t terms, int iterations = 4) {
   auto& pg = world();
   const int n = pg.size();
   const int r = pg.rank();
@@ -59,10 +64,15 @@ void check_equivalence(std::function<Holder()> make, ddp::Options options, std::
   for (const auto& p : local->parameters()) REQUIRE(identical_across_ranks(p));
   torch::optim::SGD ddp_opt(local->parameters(), 0.1);
   torch::optim::SGD oracle_opt(oracle->parameters(), 0.1);
+  const at::ScalarType dtype = ddp::test::least_precise_dtype(local->parameters());
 
   for (int it = 0; it < iterations; ++it) {
     CAPTURE(it);
+    const double grad_tolerance = reduction_tolerance(dtype, gradient_terms_at(terms, it));
+    const double param_tolerance = reduction_tolerance(dtype, parameter_terms_after(terms, it));
+    CAPTURE(grad_tolerance, param_tolerance);
     Batch batch = full_batch(it, n, sample_shape, classes);
+    batch.x = batch.x.to(local->parameters().front().scalar_type());
     ddp_opt.zero_grad();
     auto out = model(shard(batch.x, r));
     torch::nn::functional::cross_entropy(out, shard(batch.y, r)).backward();
@@ -84,7 +94,7 @@ void check_equivalence(std::function<Holder()> make, ddp::Options options, std::
     for (size_t i = 0; i < got.size(); ++i) {
       CAPTURE(got[i].first);
       REQUIRE(got[i].second.defined());
-      CHECK(max_relative_error(got[i].second, want[i].second) <= kTolerance);
+      CHECK(max_relative_error(got[i].second, want[i].second) <= grad_tolerance);
       CHECK(identical_across_ranks(got[i].second));
     }
     ddp_opt.step();
@@ -94,7 +104,7 @@ void check_equivalence(std::function<Holder()> make, ddp::Options options, std::
     for (size_t i = 0; i < params.size(); ++i) {
       CAPTURE(params[i].key());
       CHECK(identical_across_ranks(params[i].value()));
-      CHECK(max_relative_error(params[i].value(), oracle_params[i].value()) <= kTolerance);
+      CHECK(max_relative_error(params[i].value(), oracle_params[i].value()) <= param_tolerance);
     }
   }
   CHECK(model.reducer().stats().iterations == iterations);
@@ -114,7 +124,21 @@ TEST_CASE("MLP gradients equal single-process autograd for tiny to huge buckets"
   // tiny: one parameter per bucket; default; huge: a single bucket.
   for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1.0, 25.0}, std::pair{1e4, 1e4}, std::pair{2e-3, 4e-3}}) {
     CAPTURE(first, cap);
-    check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, with_caps(first, cap), {8}, 4, false);
+    check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, with_caps(first, cap), {8}, 4, false,
+                                      ddp::test::MlpImpl::reduction_terms(kShard * world().size()));
+  }
+}
+
+TEST_CASE("float64 parameters: gradients equal the oracle to float64 precision", "[grad]") {
+  auto make = [] {
+    ddp::test::Mlp m;
+    m->to(torch::kDouble);
+    return m;
+  };
+  for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1.0, 25.0}}) {
+    CAPTURE(first, cap);
+    check_equivalence<ddp::test::Mlp>(make, with_caps(first, cap), {8}, 4, false,
+                                      ddp::test::MlpImpl::reduction_terms(kShard * world().size()));
   }
 }
 
@@ -124,7 +148,8 @@ TEST_CASE("gradients reduced in place in .grad (no bucket copies) equal the orac
     CAPTURE(first, cap);
     ddp::Options o = with_caps(first, cap);
     o.in_place_min_mb = 1e-5;
-    check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false);
+    check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false,
+                                      ddp::test::MlpImpl::reduction_terms(kShard * world().size()));
   }
   // The default threshold (1 MiB on CPU) with a layer that reaches it: 512 x 512 floats.
   struct WideImpl : torch::nn::Module {
@@ -136,8 +161,12 @@ TEST_CASE("gradients reduced in place in .grad (no bucket copies) equal the orac
     torch::Tensor forward(torch::Tensor x) { return c(torch::tanh(b(torch::tanh(a(x))))); }
     torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr};
   };
+  // a.weight's chain (world.h's counting rules): forward a 8+1, tanh 1, b 512+1, tanh 1,
+  // c 512+1; cross_entropy over 4 classes 2*4+8 = 16; backward c dX 4, tanh' 2, b dX
+  // 512, tanh' 2; a dW over the global batch; the division by the world size 1.
+  const int64_t wide_terms = 1574 + kShard * world().size();
   check_equivalence<std::shared_ptr<WideImpl>>([] { return std::make_shared<WideImpl>(); }, with_caps(1.0, 25.0), {8},
-                                               4, false, 3);
+                                               4, false, wide_terms, 3);
   auto net = std::make_shared<WideImpl>();
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), with_caps(1.0, 25.0));
   // b.weight (1 MiB) travels alone; the rest share buckets.
@@ -165,16 +194,18 @@ TEST_CASE("bucket caps decide the number of buckets", "[grad]") {
 TEST_CASE("CNN with BatchNorm: gradients equal the oracle, buffers come from rank 0", "[grad]") {
   for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1.0, 25.0}}) {
     CAPTURE(first, cap);
+    const int64_t terms = ddp::test::ConvNetImpl::reduction_terms(kShard, kShard * world().size());
     check_equivalence<ddp::test::ConvNet>([] { return ddp::test::ConvNet(); }, with_caps(first, cap), {3, 6, 6}, 5,
-                                          true);
+                                          true, terms);
   }
 }
 
 TEST_CASE("float32 and float64 parameters reduce in separate buckets, equal to the oracle", "[grad]") {
   for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1e4, 1e4}}) {
     CAPTURE(first, cap);
+    const int64_t terms = ddp::test::MixedDtypeImpl::reduction_terms(kShard * world().size());
     check_equivalence<ddp::test::MixedDtype>([] { return ddp::test::MixedDtype(); }, with_caps(first, cap), {8}, 4,
-                                             false);
+                                             false, terms);
   }
   ddp::test::MixedDtype net;
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), with_caps(1e4, 1e4));
@@ -184,7 +215,8 @@ TEST_CASE("float32 and float64 parameters reduce in separate buckets, equal to t
 TEST_CASE("gradient_as_bucket_view: .grad aliases the bucket and equals the oracle", "[grad]") {
   ddp::Options o = with_caps(1e-3, 1e-3);
   o.gradient_as_bucket_view = true;
-  check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false);
+  check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false,
+                                    ddp::test::MlpImpl::reduction_terms(kShard * world().size()));
 }
 
 namespace {

@@ -18,6 +18,18 @@ struct MlpImpl : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x) {
     return fc3(torch::relu(fc2(torch::relu(fc1(x)))));
   }
+  // Rounding errors along the longest chain feeding a gradient (fc1.weight's), trained
+  // with cross_entropy over 4 classes on `global_batch` samples; the counting rules are
+  // in world.h, reduction_tolerance:
+  //   forward  fc1 8+1, fc2 16+1, fc3 16+1 (fan-in + bias; relu exact)          43
+  //   loss     cross_entropy over C=4 classes, forward and backward: 2C + 8     16
+  //            (log_softmax: shift, exp, sum of C, log, subtract = C + 4; its
+  //            backward: sum of C, exp, multiply, subtract = C + 3; the 1/batch scale)
+  //   backward fc3 dX (fan-out 4), fc2 dX (fan-out 16)                          20
+  //   fc1 dW   a sum over the global batch (both the shard sums plus the sum
+  //            over ranks, and the oracle's one sum, have `global_batch` terms)  B
+  //   average  the division by the world size                                  1
+  static constexpr int64_t reduction_terms(int64_t global_batch) { return 80 + global_batch; }
   torch::nn::Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr};
 };
 TORCH_MODULE(Mlp);
@@ -38,6 +50,22 @@ struct ConvNetImpl : torch::nn::Module {
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
     return fc(x);
   }
+  // Rounding errors along the longest chain feeding a gradient (conv1.weight's) for
+  // 3x6x6 inputs (6x6 = 36 output positions per map), `shard` samples per rank (BatchNorm
+  // statistics are per rank), `global_batch` samples in all, cross_entropy over 5 classes:
+  //   forward  conv1 3*3*3 = 27; bn1: mean and variance over shard*36 each, then
+  //            +eps, rsqrt, -mean, *rstd, *gamma, +beta: 72 shard + 6; conv2 6*3*3 =
+  //            54; bn2 72 shard + 6; avg pool over 36, /36: 37; fc 8+1 = 9
+  //                                                              = 139 + 144 shard
+  //   loss     cross_entropy, C = 5: 2C + 8                            18
+  //   backward fc dX (fan-out 5) 5; pool 1/36: 1; bn2 backward: sums of dy and of
+  //            dy*xhat over shard*36, + 6; conv2 dX 8*3*3 = 72; bn1 backward 72
+  //            shard + 6                                     = 90 + 144 shard
+  //   conv1 dW a sum over the global batch and the 36 output positions   36 B
+  //   average  the division by the world size                             1
+  static constexpr int64_t reduction_terms(int64_t shard, int64_t global_batch) {
+    return 248 + 288 * shard + 36 * global_batch;
+  }
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   torch::nn::Linear fc{nullptr};
@@ -57,6 +85,18 @@ struct MixedDtypeImpl : torch::nn::Module {
     h = torch::tanh(b(h.to(torch::kDouble)));
     return c(h.to(torch::kFloat));
   }
+  // Rounding errors along the longest chain feeding a gradient (a.weight's), counted at
+  // float32's unit roundoff: b's float64 gradient is float32-accurate too, since the
+  // loss, c and the gradient reaching b are float32 (so the test uses the least precise
+  // dtype, least_precise_dtype(parameters)). cross_entropy over 4 classes:
+  //   forward  a 8+1, tanh 1, b 12+1 (float64: counted as float32, conservative),
+  //            tanh 1, cast to float32 1, c 12+1                               38
+  //   loss     cross_entropy, C = 4: 2C + 8                                    16
+  //   backward c dX (fan-out 4), tanh' 2 (1 - y^2, multiply), b dX (fan-out 12),
+  //            cast to float32 1, tanh' 2                                      21
+  //   a dW     a sum over the global batch                                     B
+  //   average  the division by the world size                                  1
+  static constexpr int64_t reduction_terms(int64_t global_batch) { return 76 + global_batch; }
   torch::nn::Linear a{nullptr}, b{nullptr}, c{nullptr};
 };
 TORCH_MODULE(MixedDtype);

@@ -1,5 +1,9 @@
 #include "world.h"
 
+#include <limits>
+#include <stdexcept>
+#include <string>
+
 namespace ddp::test {
 namespace {
 std::shared_ptr<ProcessGroup>& world_slot() {
@@ -41,6 +45,42 @@ double max_relative_error(const at::Tensor& actual, const at::Tensor& expected) 
   at::Tensor e = expected.detach().to(at::kDouble).cpu();
   const double scale = std::max(e.abs().max().item<double>(), 1e-30);
   return (a - e).abs().max().item<double>() / scale;
+}
+
+double unit_roundoff(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat:
+      return std::numeric_limits<float>::epsilon() / 2.0;
+    case at::kDouble:
+      return std::numeric_limits<double>::epsilon() / 2.0;
+    case at::kHalf:
+      return static_cast<double>(std::numeric_limits<c10::Half>::epsilon()) / 2.0;
+    case at::kBFloat16:
+      return static_cast<double>(std::numeric_limits<c10::BFloat16>::epsilon()) / 2.0;
+    default:
+      throw std::invalid_argument(std::string("unit_roundoff: not a floating dtype: ") + c10::toString(dtype));
+  }
+}
+
+double reduction_tolerance(at::ScalarType dtype, int64_t terms) {
+  if (terms < 1) throw std::invalid_argument("reduction_tolerance: terms must be >= 1");
+  const double nu = static_cast<double>(terms) * unit_roundoff(dtype);
+  const double tolerance = nu < 1.0 ? 2.0 * nu / (1.0 - nu) : 1.0;
+  if (tolerance >= 1.0) {
+    throw std::invalid_argument("reduction_tolerance: " + std::to_string(terms) + " terms in " +
+                                c10::toString(dtype) + " give a bound >= 1, which checks nothing");
+  }
+  return tolerance;
+}
+
+at::ScalarType least_precise_dtype(const std::vector<at::Tensor>& tensors) {
+  at::ScalarType worst = at::kDouble;
+  for (const auto& t : tensors) {
+    if (at::isFloatingType(t.scalar_type()) && unit_roundoff(t.scalar_type()) > unit_roundoff(worst)) {
+      worst = t.scalar_type();
+    }
+  }
+  return worst;
 }
 
 int64_t sum_over_ranks(int64_t value) {
