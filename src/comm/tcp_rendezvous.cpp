@@ -209,6 +209,7 @@ void TcpRendezvous::serve(const std::string& key, const std::vector<char>& bytes
   }
   Fd listener;
   std::string bind_error;
+  bool in_use = false;
   for (addrinfo* a = addrs.list; a != nullptr && listener.get() < 0; a = a->ai_next) {
     Fd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
     if (fd.get() < 0) {
@@ -237,10 +238,22 @@ void TcpRendezvous::serve(const std::string& key, const std::vector<char>& bytes
       rc = ::bind(fd.get(), reinterpret_cast<sockaddr*>(&any), len);
     }
     if (rc != 0 || ::listen(fd.get(), std::min(config_.world_size, 4096)) != 0) {
+      in_use = in_use || errno == EADDRINUSE;
       bind_error = std::strerror(errno);
       continue;
     }
     listener = std::move(fd);
+  }
+  if (listener.get() < 0 && in_use) {
+    // torchrun >= 2.4 keeps its own TCPStore on MASTER_ADDR:MASTER_PORT (the agent's
+    // store, shared with the workers), so that port is taken when torchrun launched us.
+    throw CommError(fmt::format(
+        "[ddp rank 0] TCP rendezvous: cannot listen on {}: {}. MASTER_PORT={} is taken. Under torchrun 2.4 or newer "
+        "the launcher's own TCPStore listens there: start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, or "
+        "give libddp its own rendezvous on every rank with DDP_INIT_METHOD=tcp://HOST:OTHER_PORT or "
+        "DDP_INIT_METHOD=file:///shared/path. Otherwise another process (or an earlier run) holds the port: "
+        "choose a free MASTER_PORT and set it on every rank.",
+        where, bind_error, config_.port));
   }
   if (listener.get() < 0) {
     throw CommError(fmt::format(

@@ -456,7 +456,8 @@ void Reducer::Impl::verify_header() {
   std::string cause;
   if (!finished.empty()) {
     cause = fmt::format(
-        "Rank(s) {} finished training while the others go on: uneven inputs. Every rank must run the same number of "
+        "Rank(s) {} finished training while the others go on: its training loop ended (uneven inputs) or an "
+        "exception took it out of the loop (see that rank's output). Every rank must run the same number of "
         "iterations: give every rank the same number of batches (drop the last, uneven ones).",
         finished);
   } else {

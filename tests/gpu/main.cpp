@@ -2,7 +2,7 @@
 // when this machine has no usable CUDA device, so a CPU-only run reports the gpu tests
 // as skipped rather than passed or failed. Otherwise creates the NCCL world process
 // group (ddp::test::world(): world 1 on cuda:0 when started plainly, world N under
-// torchrun or mpirun, one GPU per rank) and runs Catch.
+// torchrun or mpirun, on the device init_process_group binds) and runs Catch.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
@@ -25,9 +25,11 @@ int main(int argc, char** argv) {
     return kSkipped;
   }
   try {
-    const char* local_rank = std::getenv("LOCAL_RANK");
-    const c10::Device device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank ? std::atoi(local_rank) : 0));
-    ddp::test::set_world(ddp::init_process_group("nccl", device), device);
+    // The library picks the device the way a trainer's would: LOCAL_RANK,
+    // OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or SLURM_LOCALID, else rank modulo the
+    // visible devices (so ranks under mpirun without LOCAL_RANK do not all take cuda:0).
+    auto pg = ddp::init_process_group("nccl");
+    ddp::test::set_world(pg, pg->device());
   } catch (const std::exception& e) {
     std::cerr << "gpu tests: cannot create the NCCL process group: " << e.what() << std::endl;
     return 1;

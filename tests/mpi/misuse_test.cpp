@@ -397,7 +397,7 @@ TEST_CASE("uneven inputs: the rank with an extra batch is told that a peer finis
   auto pg = ddp::test::world_ptr();
   const int r = pg->rank();
   torch::nn::Linear lin(4, 3);
-  ddp::Options o = ddp::test::test_options(); // 60 s: a timeout here would be a failure
+  ddp::Options o = short_timeout(); // a TimeoutError here would be a failure: the peer said it finished
   std::string error;
   bool timed_out = false;
   {
