@@ -32,8 +32,12 @@ void broadcast_module_state(ProcessGroup& process_group, torch::nn::Module& modu
 // Throws ReductionError naming the parameters when the module now holds trainable
 // parameters that `reducer` does not reduce (replace_module, a new or unfrozen parameter
 // after wrapping): their gradients would silently stay local.
-// Counted in ReducerStats::step_check_ns.
+// Counted in ReducerStats::step_check_ns. Walks the whole module only at the first
+// forward, after a step in which a parameter lost its gradient, and every 64 steps; the
+// frozen parameters are checked every time.
 void check_module_parameters(Reducer& reducer, const torch::nn::Module& module);
+// Lets the reducer run check_module_parameters from its end-of-backward callback.
+void watch_module(Reducer& reducer, std::weak_ptr<torch::nn::Module> module);
 } // namespace detail
 
 template <typename Module>
@@ -56,6 +60,7 @@ class DistributedDataParallel {
     reducer_ = std::make_unique<Reducer>(detail::named_parameters(*module_), process_group, std::move(options),
                                          detail::named_buffers(*module_));
     detail::broadcast_module_state(*process_group, *module_);
+    detail::watch_module(*reducer_, std::static_pointer_cast<torch::nn::Module>(module_));
   }
 
   template <typename Impl = Module>

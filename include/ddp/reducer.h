@@ -25,6 +25,7 @@ namespace ddp {
 class Reducer;
 namespace detail {
 void check_module_parameters(Reducer& reducer, const torch::nn::Module& module);
+void watch_module(Reducer& reducer, std::weak_ptr<torch::nn::Module> module);
 }
 
 class Reducer {
@@ -96,6 +97,7 @@ class Reducer {
 
  private:
   friend void detail::check_module_parameters(Reducer& reducer, const torch::nn::Module& module);
+  friend void detail::watch_module(Reducer& reducer, std::weak_ptr<torch::nn::Module> module);
   std::shared_ptr<Impl> impl_;
 };
 

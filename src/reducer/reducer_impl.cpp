@@ -377,16 +377,17 @@ void Reducer::Impl::throw_if_broken() const {
 void Reducer::Impl::check_parameters_unchanged() const {
   for (size_t i = 0; i < parameters.size(); ++i) {
     const at::Tensor& p = parameters[i];
-    const bool same_meta = p.scalar_type() == dtypes_[i] && p.device() == devices_[i] && p.sizes() == shapes_[i];
-    if (same_meta && torch::autograd::impl::try_get_grad_accumulator(p).get() == accumulators_[i].get()) continue;
+    // A new dtype or device is exactly when set_data (what Module::to() uses) drops the
+    // parameter's gradient accumulator, and with it our hook; a new shape breaks the
+    // bucket slot. The accumulator itself cannot change otherwise while we hold it.
+    if (p.scalar_type() == dtypes_[i] && p.device() == devices_[i] && p.sizes() == shapes_[i]) continue;
     throw ReductionError(fmt::format(
         "{} parameter '{}' changed after it was wrapped: it is now {} {} on {} (was {} {} on {}){}. Its gradient "
         "hook is gone, so its gradients would no longer be averaged and the ranks would diverge. Move, cast or "
         "replace the module's parameters (module->to(...), replace_module, set_data) before wrapping it, and wrap "
         "it again after any such change.",
         rank_prefix(), names[i], c10::toString(p.scalar_type()), c10::str(p.sizes()), p.device().str(),
-        c10::toString(dtypes_[i]), c10::str(at::IntArrayRef(shapes_[i])), devices_[i].str(),
-        same_meta ? " and it has a new gradient accumulator" : ""));
+        c10::toString(dtypes_[i]), c10::str(at::IntArrayRef(shapes_[i])), devices_[i].str(), ""));
   }
 }
 
@@ -548,7 +549,9 @@ void Reducer::Impl::prepare_for_forward() {
   throw_if_broken();
   if (phase_ == Phase::kBackward) settle_interrupted_backward(lock);
   const auto check_start = Clock::now();
-  check_parameters_unchanged();
+  full_check_this_forward = check_due_ || step_ % kFullCheckEvery == 0;
+  check_due_ = false;
+  if (full_check_this_forward) check_parameters_unchanged();
   stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - check_start).count();
   if (phase_ == Phase::kArmed || phase_ == Phase::kArmedNoSync) {
     // A forward without a backward (evaluation with grad enabled): nothing was launched.
@@ -834,6 +837,27 @@ void Reducer::Impl::finalize() {
   launch_ready_buckets();
   DDP_CHECK_EQ(next_to_launch_, buckets_.size());
 
+  // A parameter that had a gradient last step and has none now: a changed graph, or a
+  // parameter cast, moved or replaced since (its hook is gone). Check it now, so that such
+  // a change is an error on every rank in this very step, before any rank writes averaged
+  // gradients, and re-check the module at the next forward.
+  for (size_t i = 0; i < n; ++i) {
+    if (last_local_used_[i] && !local_used_[i]) {
+      check_due_ = true;
+      break;
+    }
+  }
+  if (check_due_) {
+    try {
+      check_parameters_unchanged();
+      if (module_check) {
+        full_check_this_forward = true;
+        module_check();
+      }
+    } catch (const ReductionError& e) {
+      record_error(e.what());
+    }
+  }
   // This backward's use becomes the reported one; local_used_ starts over.
   last_local_used_.swap(local_used_);
   std::fill(local_used_.begin(), local_used_.end(), 0);
