@@ -166,7 +166,7 @@ void MpiRuntime::push(std::function<void()> fn) {
 
 void MpiRuntime::enqueue(std::shared_ptr<Work> work, std::function<void()> fn) {
   push([this, work = std::move(work), fn = std::move(fn)] {
-    in_flight_.store(work.get());
+    set_in_flight(work);
     work->mark_started();
     try {
       fn();
@@ -174,7 +174,7 @@ void MpiRuntime::enqueue(std::shared_ptr<Work> work, std::function<void()> fn) {
     } catch (...) {
       work->finish(std::current_exception());
     }
-    in_flight_.store(nullptr);
+    set_in_flight(nullptr);
   });
 }
 
@@ -200,7 +200,7 @@ MpiRuntime::~MpiRuntime() {
   const auto deadline = exit_timeout ? detail::deadline_after(*exit_timeout) : std::chrono::steady_clock::time_point::max();
   bool noticed = false;
   while (!exited_.load()) {
-    const Work* stuck = in_flight_.load();
+    const std::shared_ptr<const Work> stuck = in_flight();
     const auto now = std::chrono::steady_clock::now();
     std::string reason;
     if (stuck != nullptr && stuck->timed_out()) {

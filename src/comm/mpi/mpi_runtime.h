@@ -55,7 +55,18 @@ class MpiRuntime {
   std::deque<std::function<void()>> queue_;
   bool stopping_ = false;
   // What the thread is running now, for the message printed if it never returns.
-  std::atomic<const Work*> in_flight_{nullptr};
+  // Shared, not a raw pointer: the exit path reads it while the communication thread
+  // finishes the work and drops the closure that owned it (ASan found that race).
+  std::mutex in_flight_mutex_;
+  std::shared_ptr<const Work> in_flight_;
+  std::shared_ptr<const Work> in_flight() {
+    std::lock_guard<std::mutex> lock(in_flight_mutex_);
+    return in_flight_;
+  }
+  void set_in_flight(std::shared_ptr<const Work> work) {
+    std::lock_guard<std::mutex> lock(in_flight_mutex_);
+    in_flight_ = std::move(work);
+  }
   std::atomic<bool> exited_{false};
   bool owns_mpi_ = false;
   int world_rank_ = 0;
