@@ -24,6 +24,23 @@ esac
 # mpirun refuses to run as root without these; harmless otherwise.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
+# Builds the unit and mpi tests with -DDDP_SANITIZE=$2 in $1 (only what they need: no
+# benchmark, no examples, no NCCL backend, whose code only runs on a GPU) and runs them;
+# the caller has exported the sanitizer's options. $3 names the run in the timings.
+run_sanitized() {
+  local build=$1 sanitize=$2 name=$3 start rc=0
+  shift 3
+  start=$SECONDS
+  BUILD_DIR=$build "$root/scripts/build.sh" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DDDP_SANITIZE="$sanitize" -DDDP_BUILD_BENCH=OFF -DDDP_BUILD_EXAMPLES=OFF -DDDP_WITH_NCCL=OFF
+  echo "test.sh $name: build took $((SECONDS - start)) s"
+  cd "$build"
+  start=$SECONDS
+  ctest --output-on-failure --timeout 1800 -L 'unit|mpi' "$@" || rc=$?
+  echo "test.sh $name: ctest took $((SECONDS - start)) s"
+  return $rc
+}
+
 case "$mode" in
   normal)
     "$root/scripts/build.sh"
@@ -32,13 +49,6 @@ case "$mode" in
     ;;
 
   sanitize)
-    build=${SANITIZE_BUILD_DIR:-$root/build-sanitize}
-    # Only what the unit and mpi tests need: no benchmark, no examples, no NCCL backend
-    # (its code only runs on a GPU, which the sanitized run does not use).
-    start=$SECONDS
-    BUILD_DIR=$build "$root/scripts/build.sh" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DDDP_SANITIZE=address,undefined -DDDP_BUILD_BENCH=OFF -DDDP_BUILD_EXAMPLES=OFF -DDDP_WITH_NCCL=OFF
-    echo "test.sh --sanitize: build took $((SECONDS - start)) s"
     # The test executables are instrumented, so libasan/libubsan load first in every
     # rank; nothing is preloaded. ctest's ENVIRONMENT properties add variables and keep
     # these; mpirun hands its environment to the ranks it starts on this node.
@@ -48,30 +58,15 @@ case "$mode" in
     # A caller's own ASAN_OPTIONS/UBSAN_OPTIONS come last and win.
     export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:check_initialization_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
-    cd "$build"
-    start=$SECONDS
-    rc=0
-    ctest --output-on-failure --timeout 1800 -L 'unit|mpi' "$@" || rc=$?
-    echo "test.sh --sanitize: ctest took $((SECONDS - start)) s"
-    exit $rc
+    run_sanitized "${SANITIZE_BUILD_DIR:-$root/build-sanitize}" address,undefined --sanitize "$@"
     ;;
 
   tsan)
-    build=${TSAN_BUILD_DIR:-$root/build-tsan}
-    start=$SECONDS
-    BUILD_DIR=$build "$root/scripts/build.sh" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DDDP_SANITIZE=thread -DDDP_BUILD_BENCH=OFF -DDDP_BUILD_EXAMPLES=OFF -DDDP_WITH_NCCL=OFF
-    echo "test.sh --tsan: build took $((SECONDS - start)) s"
     # The unit tests and the mpi tests (the reducer's hooks on the trainer's thread, the
     # MPI communication thread, the watchdog). A rank with a report exits 66 at the end
     # (all reports printed, not just the first), so mpirun and ctest fail the entry.
     # scripts/tsan.supp silences findings inside Open MPI and Catch2, each explained there.
     export TSAN_OPTIONS="second_deadlock_stack=1:suppressions=$root/scripts/tsan.supp${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
-    cd "$build"
-    start=$SECONDS
-    rc=0
-    ctest --output-on-failure --timeout 1800 -L 'unit|mpi' "$@" || rc=$?
-    echo "test.sh --tsan: ctest took $((SECONDS - start)) s"
-    exit $rc
+    run_sanitized "${TSAN_BUILD_DIR:-$root/build-tsan}" thread --tsan "$@"
     ;;
 esac
