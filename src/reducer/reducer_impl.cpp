@@ -220,6 +220,7 @@ Reducer::Impl::Impl(NamedParameters parameters, const NamedParameters& all_param
   for (int r = 0; r < world_size_; ++r) used_all_rows_.push_back(used_all_[r]);
   used_local_host_ = comm_device_.is_cpu() ? used_local_ : at::zeros_like(used_local_, at::kCPU);
   used_all_host_ = comm_device_.is_cpu() ? used_all_ : at::zeros_like(used_all_, at::kCPU);
+  statuses_.assign(world_size_, kOk);
   header_local_ = at::zeros({3}, at::TensorOptions().dtype(at::kLong).device(comm_device_));
   header_all_ = at::zeros({world_size_, 3}, header_local_.options());
   for (int r = 0; r < world_size_; ++r) header_rows_.push_back(header_all_[r]);
@@ -914,7 +915,7 @@ void Reducer::Impl::finalize() {
     std::rethrow_exception(failure);
   }
   std::vector<int64_t>& used_by = last_used_by_;
-  std::vector<uint8_t> statuses(world_size_, kOk);
+  std::vector<uint8_t>& statuses = statuses_; // sized at construction: no allocation per step
   if (world_size_ == 1) {
     for (size_t i = 0; i < n; ++i) used_by[i] = local_used[i];
     statuses[0] = pending_error_.empty() ? kOk : kLocalError;

@@ -184,6 +184,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   at::Tensor header_local_;         // int64 [3] on comm_device_
   at::Tensor header_all_;           // int64 [world, 3]
   std::vector<at::Tensor> header_rows_;
+  std::vector<uint8_t> statuses_;   // each rank's status in the last used-flags exchange
 
   // Used flags and status exchanged by allgather: used_local_ (n + 1 bytes) -> used_all_.
   at::Tensor used_local_;
