@@ -42,6 +42,9 @@ class Work {
   // Called by the backend that runs the collective.
   void mark_started();
   void finish(std::exception_ptr error = nullptr);
+  // Completes the work with `error` unless it already completed; true if it did. For
+  // whoever gives up on the collective on its behalf (the NCCL backend's watchdog).
+  bool complete_if_pending(std::exception_ptr error);
 
  protected:
   [[noreturn]] void throw_timeout(std::chrono::milliseconds timeout) const;

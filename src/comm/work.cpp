@@ -63,6 +63,18 @@ void Work::finish(std::exception_ptr error) {
   done_cv_.notify_all();
 }
 
+bool Work::complete_if_pending(std::exception_ptr error) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (completed_) return false;
+    end_time_ = Clock::now();
+    error_ = std::move(error);
+    completed_ = true;
+  }
+  done_cv_.notify_all();
+  return true;
+}
+
 void Work::throw_timeout(std::chrono::milliseconds timeout) const {
   throw TimeoutError(fmt::format(
       "[ddp rank {}] collective #{} ({}) did not complete within {} ms. Another rank is not issuing the "

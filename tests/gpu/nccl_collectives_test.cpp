@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <thread>
 
 #include <ddp/error.h>
 #include <ddp/init.h>
@@ -150,6 +151,46 @@ TEST_CASE("nccl: a collective that does not finish in time aborts the communicat
   REQUIRE(work->is_completed());
   REQUIRE_THROWS_AS(group->allreduce(tensor), ddp::CommError);
   // The device itself stays usable.
+  c10::cuda::device_synchronize();
+  REQUIRE(torch::ones({4}, torch::TensorOptions().device(device)).sum().item<float>() == 4.0f);
+}
+
+// The watchdog owns the deadline of a collective nobody waits for on the host: the
+// reducer's stream waits, a user's next synchronisation. Stall the communication stream
+// past the group's timeout, wait only on the GPU, and the watchdog must abort the
+// communicator and fail the work with a message naming it.
+TEST_CASE("nccl: the watchdog fails a collective that outlives the group's timeout", "[gpu][nccl][abort]") {
+  if (gpu_process_group()->size() != 1) {
+    WARN("SKIPPED: the watchdog test stalls one rank's stream and runs only in a world of 1");
+    return;
+  }
+  auto group = ddp::init_process_group("nccl", c10::Device(c10::kCUDA));
+  group->set_timeout(std::chrono::milliseconds(200));
+  const auto device = bound_device(*group);
+  auto* nccl = dynamic_cast<ddp::nccl::ProcessGroupNCCL*>(group.get());
+  auto tensor = torch::ones({16}, torch::TensorOptions().device(device));
+  {
+    c10::cuda::CUDAStreamGuard on_comm(nccl->comm_stream());
+    at::cuda::sleep(cycles_for_ms(3000));
+  }
+  auto work = group->allreduce(tensor);
+  work->wait(); // a stream wait: returns at once, the deadline is the watchdog's
+  // Poll for the watchdog's verdict, well before the stall ends on its own (3 s).
+  for (int i = 0; i < 2000 && !work->is_completed(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  REQUIRE(work->is_completed());
+  try {
+    work->wait();
+    FAIL("the watchdog did not fail the collective");
+  } catch (const ddp::TimeoutError& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("watchdog") && Catch::Contains("collective #1") &&
+                                          Catch::Contains("within 200 ms"));
+  }
+  try {
+    group->allreduce(tensor);
+    FAIL("an aborted group accepted a collective");
+  } catch (const ddp::CommError& e) {
+    CHECK_THAT(std::string(e.what()), Catch::Contains("aborted") && Catch::Contains("watchdog"));
+  }
   c10::cuda::device_synchronize();
   REQUIRE(torch::ones({4}, torch::TensorOptions().device(device)).sum().item<float>() == 4.0f);
 }

@@ -14,6 +14,7 @@
 #include "comm/rendezvous.h"
 #include "common/check.h"
 #include "common/logging.h"
+#include "common/timeouts.h"
 
 namespace ddp::nccl {
 namespace {
@@ -88,7 +89,11 @@ std::shared_ptr<ProcessGroup> create(std::optional<c10::Device> device) {
   }
   std::memcpy(&id, bytes.data(), sizeof(id));
   detail::log(detail::LogLevel::kInfo, rank, "NCCL rendezvous \"{}\" done through {}", key, config.describe());
-  return std::make_shared<ProcessGroupNCCL>(rank, size, bound, id);
+  // DDP_TIMEOUT_S bounds the communicator's init too (init_process_group applies it to
+  // the group again afterwards).
+  const std::chrono::milliseconds timeout =
+      detail::seconds_from_env("DDP_TIMEOUT_S", rank).value_or(std::chrono::milliseconds(std::chrono::minutes(10)));
+  return std::make_shared<ProcessGroupNCCL>(rank, size, bound, id, timeout);
 }
 
 } // namespace ddp::nccl

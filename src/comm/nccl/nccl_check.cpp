@@ -39,10 +39,11 @@ std::string describe_result(ncclResult_t result) {
 void throw_nccl_error(const char* call, ncclResult_t result, NcclComm* comm, const char* file, int line) {
   // NCCL's last-error text is per communicator (or per thread before one exists); read
   // it before the abort frees the communicator.
-  const char* last = ncclGetLastError(comm != nullptr ? comm->get() : nullptr);
+  const char* global = comm == nullptr ? ncclGetLastError(nullptr) : nullptr;
+  const std::string last = comm != nullptr ? comm->last_error() : std::string(global != nullptr ? global : "");
   std::string message = fmt::format("[ddp rank {}] NCCL call {} failed at {}:{}: {}.", detail::world_rank(), call,
                                     file, line, describe_result(result));
-  if (last != nullptr && *last != '\0') message += fmt::format(" NCCL says: \"{}\".", last);
+  if (!last.empty()) message += fmt::format(" NCCL says: \"{}\".", last);
   if (comm != nullptr) {
     comm->abort(message);
     message += " The NCCL communicator has been aborted so that no rank waits on it forever; this process group "

@@ -1,8 +1,9 @@
 // DDP_CHECK_NCCL and DDP_CHECK_CUDA: turn a failed NCCL or CUDA runtime call into
 // ddp::CommError carrying the library's own error string (and, for NCCL, its last-error
-// text), the call, file:line and the rank. DDP_CHECK_NCCL_ABORT also aborts the
-// communicator before throwing, as horovod's NCCLContext::ErrorCheck does: a
-// communicator in an unknown state would hang the next collective on every rank.
+// text), the call, file:line and the rank. Calls on a communicator go through
+// NcclComm::run instead, which also aborts the communicator before throwing, as
+// horovod's NCCLContext::ErrorCheck does: a communicator in an unknown state would hang
+// the next collective on every rank.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -29,16 +30,14 @@ std::string describe_result(ncclResult_t result);
 
 } // namespace ddp::nccl
 
-#define DDP_CHECK_NCCL_ABORT(comm, call)                                               \
-  do {                                                                                 \
-    ncclResult_t ddp_nccl_rc_ = (call);                                                \
-    if (ddp_nccl_rc_ != ncclSuccess) {                                                 \
-      ::ddp::nccl::throw_nccl_error(#call, ddp_nccl_rc_, (comm), __FILE__, __LINE__);  \
-    }                                                                                  \
+// For calls made without a communicator (ncclGetUniqueId).
+#define DDP_CHECK_NCCL(call)                                                             \
+  do {                                                                                   \
+    ncclResult_t ddp_nccl_rc_ = (call);                                                  \
+    if (ddp_nccl_rc_ != ncclSuccess) {                                                   \
+      ::ddp::nccl::throw_nccl_error(#call, ddp_nccl_rc_, nullptr, __FILE__, __LINE__);   \
+    }                                                                                    \
   } while (0)
-
-// For calls made before a communicator exists (ncclGetUniqueId, ncclCommInitRank).
-#define DDP_CHECK_NCCL(call) DDP_CHECK_NCCL_ABORT(nullptr, call)
 
 #define DDP_CHECK_CUDA(call)                                                         \
   do {                                                                               \

@@ -15,6 +15,7 @@
 #include "comm/nccl/nccl_comm.h"
 #include "comm/nccl/nccl_types.h"
 #include "comm/nccl/work_nccl.h"
+#include "comm/watchdog.h"
 #include "common/logging.h"
 
 namespace ddp::nccl {
@@ -27,7 +28,11 @@ std::string describe(const char* op, const at::Tensor& t) {
 
 } // namespace
 
-ProcessGroupNCCL::ProcessGroupNCCL(int rank, int size, c10::Device device, const ncclUniqueId& id)
+// How often the watchdog polls the group's collectives and its asynchronous error.
+constexpr std::chrono::milliseconds kWatchdogInterval{100};
+
+ProcessGroupNCCL::ProcessGroupNCCL(int rank, int size, c10::Device device, const ncclUniqueId& id,
+                                   std::chrono::milliseconds timeout)
     : rank_(rank),
       size_(size),
       device_(device),
@@ -36,12 +41,27 @@ ProcessGroupNCCL::ProcessGroupNCCL(int rank, int size, c10::Device device, const
     throw InvalidArgumentError(fmt::format(
         "[ddp rank {}] ProcessGroupNCCL needs a CUDA device with an index, got {}", rank_, device_.str()));
   }
-  comm_ = std::make_shared<NcclComm>(size_, id, rank_, device_.index());
+  set_timeout(timeout);
+  comm_ = std::make_shared<NcclComm>(size_, id, rank_, device_.index(), timeout);
+  detail::Watchdog::Hooks hooks;
+  // The hooks hold the communicator, not the group: the watchdog never outlives either.
+  hooks.poll_error = [comm = comm_]() -> std::string {
+    if (comm->aborted()) return fmt::format("its communicator was aborted: {}", comm->abort_reason());
+    const ncclResult_t async = comm->async_error();
+    if (async == ncclSuccess || async == ncclInProgress) return {};
+    const std::string last = comm->last_error();
+    return fmt::format("NCCL reports {}{}", describe_result(async), last.empty() ? "" : fmt::format(" (\"{}\")", last));
+  };
+  hooks.abort = [comm = comm_](const std::string& reason) { comm->abort(reason); };
+  watchdog_ = std::make_unique<detail::Watchdog>(fmt::format("NCCL process group on {}", device_.str()), rank_,
+                                                  std::move(hooks), kWatchdogInterval);
   detail::log(detail::LogLevel::kInfo, rank_, "NCCL process group of {} ranks on {} (NCCL {}.{}.{})", size_,
               device_.str(), NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH);
 }
 
 ProcessGroupNCCL::~ProcessGroupNCCL() {
+  // The drain below enforces the deadline itself; the watchdog's thread stops first.
+  watchdog_.reset();
   if (comm_->aborted()) return;
   // Drain the communication stream, watching for a dead peer, so that destroying the
   // communicator never waits forever.
@@ -68,11 +88,11 @@ ProcessGroupNCCL::~ProcessGroupNCCL() {
 }
 
 void ProcessGroupNCCL::check_usable(const char* op) const {
-  if (comm_->aborted()) {
+  if (comm_->aborted() || watchdog_->failed()) {
     throw CommError(fmt::format(
         "[ddp rank {}] {}: this NCCL process group cannot be used: its communicator was aborted after an earlier "
         "failure: {}. Create a new process group (every rank must), or restart the job.",
-        rank_, op, comm_->abort_reason()));
+        rank_, op, comm_->aborted() ? comm_->abort_reason() : watchdog_->failure()));
   }
 }
 
@@ -115,9 +135,10 @@ std::shared_ptr<Work> ProcessGroupNCCL::launch(const char* op, std::string descr
   for (const auto& t : tensors) {
     c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), comm_stream_);
   }
-  // 3. The collective, then its completion event.
-  call(comm_.get(), comm_stream_);
+  // 3. The collective, then its completion event; its deadline starts now.
+  call(*comm_, comm_stream_);
   work->record_end(comm_stream_);
+  watchdog_->track(work, timeout());
   return work;
 }
 
@@ -128,10 +149,12 @@ std::shared_ptr<Work> ProcessGroupNCCL::allreduce(at::Tensor tensor) {
   const ncclRedOp_t op = tensor.scalar_type() == at::kBool ? ncclMax : ncclSum;
   std::lock_guard<std::mutex> lock(mutex_);
   return launch("allreduce", describe("allreduce", tensor), {tensor},
-                [&](NcclComm* comm, const c10::cuda::CUDAStream& stream) {
+                [&](NcclComm& comm, const c10::cuda::CUDAStream& stream) {
                   void* data = tensor.data_ptr();
-                  DDP_CHECK_NCCL_ABORT(comm, ncclAllReduce(data, data, static_cast<size_t>(tensor.numel()), type, op,
-                                                           comm->get(), stream.stream()));
+                  comm.run("ncclAllReduce", timeout(), [&](ncclComm_t c) {
+                    return ncclAllReduce(data, data, static_cast<size_t>(tensor.numel()), type, op, c,
+                                         stream.stream());
+                  });
                 });
 }
 
@@ -141,10 +164,12 @@ std::shared_ptr<Work> ProcessGroupNCCL::broadcast(at::Tensor tensor, int root) {
   const ncclDataType_t type = datatype_for(tensor.scalar_type(), "broadcast", rank_);
   std::lock_guard<std::mutex> lock(mutex_);
   return launch("broadcast", describe("broadcast", tensor), {tensor},
-                [&](NcclComm* comm, const c10::cuda::CUDAStream& stream) {
+                [&](NcclComm& comm, const c10::cuda::CUDAStream& stream) {
                   void* data = tensor.data_ptr();
-                  DDP_CHECK_NCCL_ABORT(comm, ncclBroadcast(data, data, static_cast<size_t>(tensor.numel()), type,
-                                                           root, comm->get(), stream.stream()));
+                  comm.run("ncclBroadcast", timeout(), [&](ncclComm_t c) {
+                    return ncclBroadcast(data, data, static_cast<size_t>(tensor.numel()), type, root, c,
+                                         stream.stream());
+                  });
                 });
 }
 
@@ -157,14 +182,15 @@ std::shared_ptr<Work> ProcessGroupNCCL::allgather(std::vector<at::Tensor> output
   used.push_back(input);
   std::lock_guard<std::mutex> lock(mutex_);
   return launch("allgather", describe("allgather", input), used,
-                [&](NcclComm* comm, const c10::cuda::CUDAStream& stream) {
+                [&](NcclComm& comm, const c10::cuda::CUDAStream& stream) {
                   // NCCL gathers into one buffer; it is allocated on the communication
                   // stream, so the allocator orders its reuse on that stream by itself.
                   c10::cuda::CUDAStreamGuard stream_guard(stream);
                   at::Tensor flat = at::empty({static_cast<int64_t>(size_), input.numel()}, input.options());
-                  DDP_CHECK_NCCL_ABORT(comm, ncclAllGather(input.data_ptr(), flat.data_ptr(),
-                                                           static_cast<size_t>(input.numel()), type, comm->get(),
-                                                           stream.stream()));
+                  comm.run("ncclAllGather", timeout(), [&](ncclComm_t c) {
+                    return ncclAllGather(input.data_ptr(), flat.data_ptr(), static_cast<size_t>(input.numel()), type,
+                                         c, stream.stream());
+                  });
                   for (int r = 0; r < size_; ++r) {
                     outputs[static_cast<size_t>(r)].view({-1}).copy_(flat[r], /*non_blocking=*/true);
                   }

@@ -5,7 +5,10 @@
 //      the communication stream, so the collective reads finished data;
 //   2. the caching allocator is told (recordStream) that each tensor is used on the
 //      communication stream, so its memory is not reused before the collective ends;
-//   3. the NCCL call is queued, then a completion event (see WorkNCCL).
+//   3. the NCCL call is queued (NcclComm::run: non-blocking, bounded by timeout()), then
+//      a completion event (see WorkNCCL), and the group's watchdog starts the work's
+//      deadline (comm/watchdog.h): timeout() after its launch, the communicator is
+//      aborted and every waiter, on any thread, gets an error naming the collective.
 // Nothing here blocks the host except barrier() and WorkNCCL::wait(timeout). Issuing is
 // serialised by a mutex, so collectives are queued, and complete, in issue order.
 #pragma once
@@ -19,6 +22,10 @@
 
 #include <ddp/process_group.h>
 
+namespace ddp::detail {
+class Watchdog;
+} // namespace ddp::detail
+
 namespace ddp::nccl {
 
 class NcclComm;
@@ -27,8 +34,9 @@ class WorkNCCL;
 class ProcessGroupNCCL final : public ProcessGroup {
  public:
   // Joins the NCCL communicator named by `id` (from rank 0, through a rendezvous) as
-  // `rank` of `size`, on `device`. Blocks until every rank has joined.
-  ProcessGroupNCCL(int rank, int size, c10::Device device, const ncclUniqueId& id);
+  // `rank` of `size`, on `device`. Blocks until every rank has joined, at most `timeout`
+  // (then TimeoutError), which also becomes the group's timeout().
+  ProcessGroupNCCL(int rank, int size, c10::Device device, const ncclUniqueId& id, std::chrono::milliseconds timeout);
   // Waits (up to timeout()) for queued collectives, then destroys the communicator; aborts
   // it instead when they do not finish, so that exit never hangs on a dead peer.
   ~ProcessGroupNCCL() override;
@@ -48,7 +56,8 @@ class ProcessGroupNCCL final : public ProcessGroup {
  private:
   // Throws InvalidArgumentError unless `tensor` is a dense contiguous tensor on device_.
   void check_tensor(const at::Tensor& tensor, const char* op) const;
-  // Throws CommError when the communicator was aborted by an earlier failure.
+  // Throws CommError when the communicator was aborted by an earlier failure (the
+  // watchdog's, or a failed call's), with that failure's reason.
   void check_usable(const char* op) const;
   // Steps 1-2 for `tensors`, then `call(comm, stream)` (the NCCL call), then the
   // completion event. Must be called with mutex_ held.
@@ -61,6 +70,7 @@ class ProcessGroupNCCL final : public ProcessGroup {
   const c10::Device device_;
   c10::cuda::CUDAStream comm_stream_;
   std::shared_ptr<NcclComm> comm_;
+  std::unique_ptr<detail::Watchdog> watchdog_;
   std::mutex mutex_;
   uint64_t sequence_ = 0;
 };

@@ -22,32 +22,28 @@ void WorkNCCL::record_end(const c10::cuda::CUDAStream& stream) {
   end_event_.record(stream);
 }
 
-void WorkNCCL::mark_done(std::exception_ptr error) const {
-  if (!done_.exchange(true)) {
-    // finish() only touches the base's own synchronised state.
-    const_cast<WorkNCCL*>(this)->finish(std::move(error));
-  }
-}
-
 bool WorkNCCL::is_completed() const {
-  if (done_.load()) return true;
+  if (Work::is_completed()) return true;
+  // complete_if_pending only touches the base's own synchronised state.
+  auto* self = const_cast<WorkNCCL*>(this);
   if (comm_->aborted()) {
-    mark_done(std::make_exception_ptr(CommError(fmt::format(
+    // Aborted kernels end, so the event may fire too: the abort decides.
+    self->complete_if_pending(std::make_exception_ptr(CommError(fmt::format(
         "[ddp rank {}] collective #{} ({}) did not complete: the NCCL communicator was aborted: {}", rank_, sequence_,
         description_, comm_->abort_reason()))));
     return true;
   }
   const cudaError_t status = cudaEventQuery(end_event_.event());
   if (status == cudaSuccess) {
-    mark_done();
+    self->complete_if_pending(nullptr);
     return true;
   }
-  if (status == cudaErrorNotReady) {
-    (void)cudaGetLastError();  // not an error: do not leave it for the next check
-    return false;
-  }
-  DDP_CHECK_CUDA(status);
-  return false;
+  (void)cudaGetLastError(); // not ready is no error; a real one is reported below, not left for the next check
+  if (status == cudaErrorNotReady) return false;
+  self->complete_if_pending(std::make_exception_ptr(CommError(
+      fmt::format("[ddp rank {}] collective #{} ({}) failed on the GPU: CUDA error {} ({}).", rank_, sequence_,
+                  description_, cudaGetErrorString(status), cudaGetErrorName(status)))));
+  return true;
 }
 
 template <typename E>
@@ -56,7 +52,8 @@ void WorkNCCL::fail(const std::string& message) {
   const std::string full =
       message + " The NCCL communicator has been aborted so that no rank hangs on it; this process group cannot be "
                 "used again.";
-  mark_done(std::make_exception_ptr(E(full)));
+  complete_if_pending(std::make_exception_ptr(E(full)));
+  Work::wait(); // rethrows whichever error completed the work first
   throw E(full);
 }
 
@@ -64,28 +61,13 @@ void WorkNCCL::wait_on_host(std::chrono::milliseconds timeout) {
   const auto deadline = detail::deadline_after(timeout); // saturates: milliseconds::max() is "never"
   auto pause = std::chrono::microseconds(10);
   for (;;) {
-    if (comm_->aborted()) {
-      throw CommError(fmt::format(
-          "[ddp rank {}] collective #{} ({}) cannot complete: the NCCL communicator was aborted earlier: {}", rank_,
-          sequence_, description_, comm_->abort_reason()));
-    }
-    const cudaError_t status = cudaEventQuery(end_event_.event());
-    if (status == cudaSuccess) {
-      mark_done();
-      return;
-    }
-    if (status != cudaErrorNotReady) {
-      (void)cudaGetLastError();
-      fail<CommError>(fmt::format("[ddp rank {}] collective #{} ({}) failed on the GPU: CUDA error {} ({}).", rank_,
-                                  sequence_, description_, cudaGetErrorString(status), cudaGetErrorName(status)));
-    }
-    (void)cudaGetLastError();
+    if (is_completed()) return;
     const ncclResult_t async = comm_->async_error();
     if (async != ncclSuccess && async != ncclInProgress) {
-      const char* last = ncclGetLastError(comm_->get());
+      const std::string last = comm_->last_error();
       fail<CommError>(fmt::format("[ddp rank {}] collective #{} ({}) failed: NCCL reports {}{}.", rank_, sequence_,
                                   description_, describe_result(async),
-                                  (last != nullptr && *last != '\0') ? fmt::format(" (\"{}\")", last) : ""));
+                                  last.empty() ? "" : fmt::format(" (\"{}\")", last)));
     }
     if (Clock::now() >= deadline) {
       fail<TimeoutError>(fmt::format(
@@ -101,13 +83,10 @@ void WorkNCCL::wait_on_host(std::chrono::milliseconds timeout) {
 }
 
 void WorkNCCL::wait(std::chrono::milliseconds timeout) {
-  if (timeout.count() >= 0) {
-    wait_on_host(timeout);
-  } else if (comm_->aborted()) {
-    throw CommError(fmt::format(
-        "[ddp rank {}] collective #{} ({}) cannot complete: the NCCL communicator was aborted: {}", rank_, sequence_,
-        description_, comm_->abort_reason()));
-  }
+  if (timeout.count() >= 0) wait_on_host(timeout);
+  // A work that failed (here, through the watchdog or the abort) rethrows its error;
+  // one that completed returns at once. Neither blocks.
+  if (is_completed()) Work::wait();
   // Order the consumer after the collective on the GPU, whichever way we waited.
   c10::cuda::CUDAGuard guard(device_);
   end_event_.block(c10::cuda::getCurrentCUDAStream(device_.index()));

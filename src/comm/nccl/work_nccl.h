@@ -2,21 +2,23 @@
 // stream. Completion is a CUDA event recorded after the NCCL call, so waiting can mean
 // two things:
 //  - wait() with no timeout makes the caller's *current* CUDA stream wait on that event
-//    and returns at once: no host synchronisation, the GPU orders the consumer after
-//    the collective (what the reducer's hot path wants);
+//    and returns at once: no host synchronisation, the GPU orders the consumer after the
+//    collective (what the reducer's hot path wants). Its deadline is the group's
+//    watchdog's business (comm/watchdog.h): it fails this work and aborts the
+//    communicator when the collective does not finish within the group's timeout;
 //  - wait(timeout) also blocks the host, polling the event and ncclCommGetAsyncError,
 //    and on a NCCL failure or an expired timeout aborts the communicator (so every
 //    rank's kernels end instead of hanging) and throws CommError or TimeoutError naming
 //    the rank and the collective.
+// Either way, a work that failed (here or through the watchdog) rethrows its error.
 // start_time() is when the collective was queued; end_time() when the host first saw it
-// complete (is_completed() or wait(timeout)).
+// complete (is_completed(), a wait, or the watchdog's poll).
 #pragma once
 
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/core/Device.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <atomic>
 #include <memory>
 
 #include <ddp/work.h>
@@ -33,7 +35,7 @@ class WorkNCCL final : public Work {
   void record_end(const c10::cuda::CUDAStream& stream);
 
   // True once the GPU has finished the collective, or it failed (the communicator was
-  // aborted). Never blocks.
+  // aborted, the event reported a CUDA error). Never blocks; safe from any thread.
   bool is_completed() const override;
   void wait(std::chrono::milliseconds timeout = kNoTimeout) override;
 
@@ -43,13 +45,10 @@ class WorkNCCL final : public Work {
   // Aborts the communicator, marks this work failed and throws `error`.
   template <typename E>
   [[noreturn]] void fail(const std::string& message);
-  // Records the end time and completion once.
-  void mark_done(std::exception_ptr error = nullptr) const;
 
   const c10::Device device_;
   const std::shared_ptr<NcclComm> comm_;
   at::cuda::CUDAEvent end_event_;
-  mutable std::atomic<bool> done_{false};
 };
 
 } // namespace ddp::nccl
