@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "comm/argument_checks.h"
+#include "comm/mpi/host_staging.h"
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "comm/mpi/mpi_types.h"
@@ -46,16 +47,22 @@ void ProcessGroupMPI::check_tensor(const at::Tensor& tensor, const char* op) con
   if (!tensor.defined()) {
     throw InvalidArgumentError(fmt::format("[ddp rank {}] {}: the tensor is undefined", rank_, op));
   }
-  if (!tensor.device().is_cpu()) {
+  if (!tensor.device().is_cpu() && !tensor.device().is_cuda()) {
     throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] {}: the MPI backend handles CPU tensors, got a tensor on {}. Use the NCCL backend for CUDA "
-        "tensors: ddp::init_process_group(\"nccl\") (or \"auto\" with a CUDA device).",
+        "[ddp rank {}] {}: the MPI backend handles CPU tensors, and CUDA tensors through host copies; got a tensor "
+        "on {}. Move it to the CPU or a CUDA device first.",
         rank_, op, tensor.device().str()));
   }
   if (tensor.is_sparse() || !tensor.is_contiguous()) {
     throw InvalidArgumentError(fmt::format(
         "[ddp rank {}] {}: the tensor must be dense and contiguous (call .contiguous() first)", rank_, op));
   }
+}
+
+std::shared_ptr<HostStaging> ProcessGroupMPI::stage(std::vector<at::Tensor> tensors, const std::vector<bool>& reads,
+                                                    std::vector<bool> writes) const {
+  if (!HostStaging::needed(tensors)) return nullptr;
+  return std::make_shared<HostStaging>(std::move(tensors), reads, std::move(writes));
 }
 
 std::shared_ptr<Work> ProcessGroupMPI::make_work(std::string description) {
@@ -68,14 +75,18 @@ std::shared_ptr<Work> ProcessGroupMPI::allreduce(at::Tensor tensor) {
   MPI_Op op = sum_op_for(tensor.scalar_type());
   auto work = make_work(describe("allreduce", tensor));
   MPI_Comm comm = comm_;
-  MpiRuntime::instance().enqueue(work, [tensor, type, op, comm] {
-    auto* data = static_cast<char*>(tensor.data_ptr());
+  auto staged = stage({tensor}, {true}, {true});
+  MpiRuntime::instance().enqueue(work, [tensor, type, op, comm, staged] {
+    if (staged) staged->wait_copied_in();
+    const at::Tensor& buffer = staged ? staged->host(0) : tensor;
+    auto* data = static_cast<char*>(buffer.data_ptr());
     const int64_t n = tensor.numel();
     const int64_t elem = tensor.element_size();
     for (int64_t offset = 0; offset < n; offset += kMaxCount) {
       const int count = static_cast<int>(std::min(kMaxCount, n - offset));
       DDP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data + offset * elem, count, type, op, comm));
     }
+    if (staged) staged->copy_out();
   });
   return work;
 }
@@ -86,14 +97,19 @@ std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
   MPI_Datatype type = datatype_for(tensor.scalar_type());
   auto work = make_work(describe("broadcast", tensor));
   MPI_Comm comm = comm_;
-  MpiRuntime::instance().enqueue(work, [tensor, type, root, comm] {
-    auto* data = static_cast<char*>(tensor.data_ptr());
+  // Only the root's tensor is read; every rank's is written (the root's with itself).
+  auto staged = stage({tensor}, {rank_ == root}, {rank_ != root});
+  MpiRuntime::instance().enqueue(work, [tensor, type, root, comm, staged] {
+    if (staged) staged->wait_copied_in();
+    const at::Tensor& buffer = staged ? staged->host(0) : tensor;
+    auto* data = static_cast<char*>(buffer.data_ptr());
     const int64_t n = tensor.numel();
     const int64_t elem = tensor.element_size();
     for (int64_t offset = 0; offset < n; offset += kMaxCount) {
       const int count = static_cast<int>(std::min(kMaxCount, n - offset));
       DDP_CHECK_MPI(MPI_Bcast(data + offset * elem, count, type, root, comm));
     }
+    if (staged) staged->copy_out();
   });
   return work;
 }
@@ -109,14 +125,26 @@ std::shared_ptr<Work> ProcessGroupMPI::allgather(std::vector<at::Tensor> outputs
   MPI_Datatype type = datatype_for(input.scalar_type());
   auto work = make_work(describe("allgather", input));
   MPI_Comm comm = comm_;
-  MpiRuntime::instance().enqueue(work, [outputs = std::move(outputs), input, type, comm] {
+  // tensors: the outputs, then the input (read, not written).
+  std::vector<at::Tensor> tensors = outputs;
+  tensors.push_back(input);
+  std::vector<bool> reads(tensors.size(), false);
+  reads.back() = true;
+  std::vector<bool> writes(tensors.size(), true);
+  writes.back() = false;
+  auto staged = stage(tensors, reads, writes);
+  MpiRuntime::instance().enqueue(work, [outputs = std::move(outputs), input, type, comm, staged] {
+    if (staged) staged->wait_copied_in();
+    const at::Tensor& in = staged ? staged->host(outputs.size()) : input;
     // One contiguous receive buffer, then scattered into the outputs.
-    at::Tensor flat = at::empty({static_cast<int64_t>(outputs.size()), input.numel()}, input.options());
-    DDP_CHECK_MPI(MPI_Allgather(input.data_ptr(), static_cast<int>(input.numel()), type, flat.data_ptr(),
-                                static_cast<int>(input.numel()), type, comm));
+    at::Tensor flat = at::empty({static_cast<int64_t>(outputs.size()), in.numel()}, in.options());
+    DDP_CHECK_MPI(MPI_Allgather(in.data_ptr(), static_cast<int>(in.numel()), type, flat.data_ptr(),
+                                static_cast<int>(in.numel()), type, comm));
     for (size_t r = 0; r < outputs.size(); ++r) {
-      outputs[r].view({-1}).copy_(flat[static_cast<int64_t>(r)]);
+      const at::Tensor& out = staged ? staged->host(r) : outputs[r];
+      out.view({-1}).copy_(flat[static_cast<int64_t>(r)]);
     }
+    if (staged) staged->copy_out();
   });
   return work;
 }

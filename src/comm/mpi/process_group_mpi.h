@@ -1,4 +1,6 @@
-// ProcessGroupMPI: ddp::ProcessGroup over MPI for CPU tensors. Each instance has its own
+// ProcessGroupMPI: ddp::ProcessGroup over MPI for CPU tensors, and for CUDA tensors
+// through pinned host copies (HostStaging: a fallback without NCCL, and several ranks on
+// one GPU). Each instance has its own
 // communicator (a duplicate of MPI_COMM_WORLD), so its collectives never match another
 // group's; all instances share MpiRuntime's thread, which runs them in issue order.
 #pragma once
@@ -6,10 +8,14 @@
 #include <mpi.h>
 
 #include <atomic>
+#include <memory>
+#include <vector>
 
 #include <ddp/process_group.h>
 
 namespace ddp::mpi {
+
+class HostStaging;
 
 class ProcessGroupMPI final : public ProcessGroup {
  public:
@@ -26,8 +32,11 @@ class ProcessGroupMPI final : public ProcessGroup {
   void barrier() override;
 
  private:
-  // Throws InvalidArgumentError unless `tensor` is a dense contiguous CPU tensor.
+  // Throws InvalidArgumentError unless `tensor` is a dense contiguous CPU or CUDA tensor.
   void check_tensor(const at::Tensor& tensor, const char* op) const;
+  // Host copies for the CUDA tensors among `tensors` (HostStaging), or null if none is.
+  std::shared_ptr<HostStaging> stage(std::vector<at::Tensor> tensors, const std::vector<bool>& reads,
+                                     std::vector<bool> writes) const;
   std::shared_ptr<Work> make_work(std::string description);
 
   MPI_Comm comm_ = MPI_COMM_NULL;
