@@ -602,26 +602,25 @@ void Reducer::Impl::prepare_for_backward(const std::vector<at::Tensor>& outputs)
     return;
   }
   phase_ = Phase::kArmed;
+  // Parameters known now to get no gradient are only flagged here; the first hook of the
+  // backward fills their slots (begin_backward). Filling them here would queue the zeros
+  // on this thread's stream, while a bucket launch waits only on the launching hook's
+  // stream: on CUDA, with a forward on another stream than the backward's, the
+  // collective could read the slots before the zeros land. Their buckets launch at the
+  // first hook too, once backward has really started: a forward that is never
+  // backpropagated must not leave collectives behind.
   if (options.static_graph && learned_static_) {
     for (size_t i = 0; i < parameters.size(); ++i) {
-      if (!static_local_used_[i]) {
-        mark_without_hook(i);
-        marked_early_[i] = 1;
-      }
+      if (!static_local_used_[i]) marked_early_[i] = 1;
     }
   } else if (options.find_unused_parameters) {
     const auto start = Clock::now();
     stats.graph_walk_nodes = static_cast<int64_t>(walker_->walk(outputs, reachable_));
     for (size_t i = 0; i < parameters.size(); ++i) {
-      if (!reachable_[i]) {
-        mark_without_hook(i);
-        marked_early_[i] = 1;
-      }
+      if (!reachable_[i]) marked_early_[i] = 1;
     }
     stats.graph_walk_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
   }
-  // Buckets made ready here launch at the first hook, once backward has really started:
-  // a forward that is never backpropagated must not leave collectives behind.
 }
 
 void Reducer::Impl::queue_finalize() {
@@ -637,6 +636,11 @@ void Reducer::Impl::begin_backward(Clock::time_point start) {
   phase_ = Phase::kBackward;
   backward_start_ = start;
   interrupted_cause_.clear();
+  // The slots prepare_for_backward flagged, filled on this (the backward's) thread and
+  // stream, before any bucket of this section can launch.
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    if (marked_early_[i] && !marked_[i]) mark_without_hook(i);
+  }
   // Issued now, checked before the first bucket launches (launch_ready_buckets): the
   // exchange runs on the communication thread while the backward computes, and nothing of
   // this section is launched before every rank is known to be at the same step.

@@ -164,7 +164,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   bool finalize_queued_ = false;
   size_t next_to_launch_ = 0;
   std::vector<char> marked_;        // got its slot filled this backward
-  std::vector<char> marked_early_;  // filled before backward (find_unused / static graph)
+  std::vector<char> marked_early_;  // known unused before backward (find_unused / static graph); filled at its start
   std::vector<char> local_used_;    // got a gradient since the last synchronised backward
   std::vector<char> reachable_;     // scratch for the graph walk
   std::string pending_error_;       // first protocol error of this backward, thrown by finalize
