@@ -1,41 +1,247 @@
-// The gpu tests' main. Exits with 77, which ctest reads as "skipped" (SKIP_RETURN_CODE),
-// when this machine has no usable CUDA device, so a CPU-only run reports the gpu tests
-// as skipped rather than passed or failed. Otherwise creates the NCCL world process
-// group (ddp::test::world(): world 1 on cuda:0 when started plainly, world N under
-// torchrun or mpirun, on the device init_process_group binds) and runs Catch.
+// The gpu tests' main: one process per rank (world 1 when started plainly, world N under
+// mpirun or torchrun), every rank asserting on its own GPU tensors.
+//
+// - No usable CUDA device: exits 77, which ctest reads as "skipped" (SKIP_RETURN_CODE), so
+//   a CPU-only machine reports the gpu tests as skipped rather than passed or failed.
+//   With DDP_REQUIRE_GPU=1 (scripts/gpu-check.sh) it exits 1 instead: on the GPU machine
+//   a broken driver must fail the run, not skip it into a pass.
+// - DDP_TEST_BACKEND picks the world group: `nccl` (default) or `mpi`, the MPI backend
+//   with CUDA tensors (staged through host memory), which lets several ranks share one
+//   GPU. Each rank takes device (local rank % visible devices), as a trainer would.
+// - As tests/support/mpi_test_main.cpp does for the CPU tests: after each test the ranks
+//   sum their failures, so all of them fail together and rank 0 names the failed ranks,
+//   and a watchdog ends the job when one test runs past DDP_TEST_TIMEOUT_S (120 s), so a
+//   stuck collective fails instead of hanging the suite.
+// Listing tests (--list-tests, --list-test-names-only, --list-tags) needs no GPU.
 #define CATCH_CONFIG_RUNNER
+#define CATCH_CONFIG_EXTERNAL_INTERFACES
 #include <catch2/catch.hpp>
 
+#include <c10/cuda/CUDAFunctions.h>
+#include <ATen/ATen.h>
 #include <torch/cuda.h>
 
-#include <exception>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <iostream>
+#include <mutex>
+#include <string>
+#include <thread>
 
 #include <ddp/init.h>
 
 #include "world.h"
 
+namespace {
+
+constexpr int kSkipped = 77;
+
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == "1";
+}
+
+// The rank's index among the ranks on this machine, from the launcher's variables;
+// -1 when none is set (a plain start, or a launcher that sets none).
+int local_rank_from_env() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') return std::atoi(v);
+  }
+  return -1;
+}
+
+// The group's collectives for the listener and the final sum: on the CPU for MPI (its
+// native path, so a broken CUDA staging shows as failed tests, not as ranks out of step),
+// on the rank's GPU for NCCL (which takes nothing else).
+at::Device g_reduction_device = at::kCPU;
+
+// Sums `value` over the ranks; throws on a timeout (the ranks are out of step).
+int64_t sum_over_ranks(int64_t value) {
+  auto& pg = ddp::test::world();
+  at::Tensor t = at::full({1}, value, at::TensorOptions().dtype(at::kLong).device(g_reduction_device));
+  pg.allreduce(t)->wait(std::chrono::seconds(60));
+  return t.cpu().item<int64_t>();
+}
+
+class Watchdog {
+ public:
+  Watchdog() : thread_([this] { run(); }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void arm(std::string name, std::chrono::seconds limit) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    name_ = std::move(name);
+    deadline_ = std::chrono::steady_clock::now() + limit;
+    limit_ = limit;
+    armed_ = true;
+    cv_.notify_all();
+  }
+  void disarm() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    armed_ = false;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!stop_) {
+      if (armed_ && std::chrono::steady_clock::now() >= deadline_) {
+        std::fprintf(stderr, "[gpu test rank %d] TIMEOUT: test '%s' ran past %lld s; ending the job\n",
+                     ddp::test::world_ptr()->rank(), name_.c_str(), static_cast<long long>(limit_.count()));
+        std::fflush(stderr);
+        std::_Exit(124);
+      }
+      cv_.wait_for(lock, std::chrono::milliseconds(200));
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::string name_;
+  std::chrono::steady_clock::time_point deadline_{};
+  std::chrono::seconds limit_{0};
+  bool armed_ = false;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+Watchdog* g_watchdog = nullptr;
+
+std::chrono::seconds test_timeout() {
+  const char* s = std::getenv("DDP_TEST_TIMEOUT_S");
+  return std::chrono::seconds(s ? std::atoi(s) : 120);
+}
+
+struct RankListener : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  void testCaseStarting(Catch::TestCaseInfo const& info) override {
+    if (g_watchdog) g_watchdog->arm(info.name, test_timeout());
+  }
+  void testCaseEnded(Catch::TestCaseStats const& stats) override {
+    if (!g_watchdog) return;  // listing, or no world group
+    g_watchdog->disarm();
+    auto& pg = ddp::test::world();
+    at::Tensor flags = at::zeros({pg.size()}, at::TensorOptions().dtype(at::kInt));
+    flags[pg.rank()] = stats.totals.assertions.failed > 0 ? 1 : 0;
+    try {
+      flags = flags.to(g_reduction_device);
+      pg.allreduce(flags)->wait(std::chrono::seconds(60));
+      flags = flags.cpu();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "[gpu test rank %d] after '%s' the ranks are out of step: %s\n", pg.rank(),
+                   stats.testInfo.name.c_str(), e.what());
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
+    if (pg.rank() == 0 && flags.sum().item<int>() > 0) {
+      std::string ranks;
+      for (int r = 0; r < pg.size(); ++r) {
+        if (flags[r].item<int>()) ranks += (ranks.empty() ? "" : ",") + std::to_string(r);
+      }
+      std::fprintf(stderr, "[gpu test] '%s' FAILED on rank(s) %s of %d\n", stats.testInfo.name.c_str(),
+                   ranks.c_str(), pg.size());
+    }
+  }
+};
+
+} // namespace
+
+CATCH_REGISTER_LISTENER(RankListener)
+
 int main(int argc, char** argv) {
-  constexpr int kSkipped = 77;
-  if (!torch::cuda::is_available()) {
+  Catch::Session session;
+  if (int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
+  const auto& config = session.configData();
+  if (config.listTests || config.listTestNamesOnly || config.listTags || config.listReporters) {
+    return session.run() > 0 ? 0 : 1;  // listing: run() returns how many it listed
+  }
+
+  if (!torch::cuda::is_available() || torch::cuda::device_count() == 0) {
+    if (env_flag("DDP_REQUIRE_GPU")) {
+      std::cout << "FAILED: no CUDA device (torch::cuda::is_available() is false) and DDP_REQUIRE_GPU=1: the gpu "
+                   "tests need a GPU and its driver."
+                << std::endl;
+      return 1;
+    }
     std::cout << "SKIPPED: no CUDA device (torch::cuda::is_available() is false); the gpu tests need a GPU and its "
                  "driver. Run scripts/gpu-check.sh on a GPU machine."
               << std::endl;
     return kSkipped;
   }
+
+  const char* backend_env = std::getenv("DDP_TEST_BACKEND");
+  const std::string backend = backend_env != nullptr && *backend_env != '\0' ? backend_env : "nccl";
+  if (backend != "nccl" && backend != "mpi") {
+    std::cerr << "gpu tests: DDP_TEST_BACKEND=" << backend << " is not a backend: use nccl (default) or mpi"
+              << std::endl;
+    return 2;
+  }
+  std::shared_ptr<ddp::ProcessGroup> pg;
   try {
-    // The library picks the device the way a trainer's would: LOCAL_RANK,
-    // OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or SLURM_LOCALID, else rank modulo the
-    // visible devices (so ranks under mpirun without LOCAL_RANK do not all take cuda:0).
-    auto pg = ddp::init_process_group("nccl");
-    ddp::test::set_world(pg, pg->device());
+    if (backend == "nccl") {
+      // The library picks the device the way a trainer's would: LOCAL_RANK,
+      // OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or SLURM_LOCALID, else rank modulo the
+      // visible devices (so ranks under mpirun without LOCAL_RANK do not all take cuda:0).
+      pg = ddp::init_process_group("nccl");
+      ddp::test::set_world(pg, pg->device());
+      g_reduction_device = pg->device();
+    } else {
+      // Bind the device before the group exists, so that anything it allocates on the
+      // GPU lands there; a launcher without a local rank leaves it to the global rank.
+      const int devices = static_cast<int>(torch::cuda::device_count());
+      int local = local_rank_from_env();
+      if (local >= 0) c10::cuda::set_device(static_cast<c10::DeviceIndex>(local % devices));
+      pg = ddp::init_process_group("mpi");
+      if (local < 0) local = pg->rank();
+      const auto index = static_cast<c10::DeviceIndex>(local % devices);
+      c10::cuda::set_device(index);
+      ddp::test::set_world(pg, at::Device(at::kCUDA, index));
+      g_reduction_device = at::kCPU;
+    }
   } catch (const std::exception& e) {
-    std::cerr << "gpu tests: cannot create the NCCL process group: " << e.what() << std::endl;
+    std::cerr << "gpu tests: cannot create the " << backend << " process group: " << e.what() << std::endl;
     return 1;
   }
-  const int failures = Catch::Session().run(argc, argv);
+  if (pg->rank() != 0) {
+    // Only rank 0 prints the summary; the others report failures on stderr.
+    session.configData().reporterName = "compact";
+  }
+  if (pg->rank() == 0) {
+    std::cout << "gpu tests: backend " << backend << ", " << pg->size() << " rank(s), rank 0 on "
+              << ddp::test::world_device() << " (" << torch::cuda::device_count() << " visible device(s))"
+              << std::endl;
+  }
+
+  int64_t total = 0;
+  {
+    Watchdog watchdog;
+    g_watchdog = &watchdog;
+    const int local_failures = session.run();
+    g_watchdog = nullptr;
+    try {
+      total = sum_over_ranks(local_failures);
+    } catch (const std::exception& e) {
+      // The ranks are out of step after a failed test: report and fail without hanging.
+      std::fprintf(stderr, "[gpu test rank %d] could not sum failures across ranks: %s\n", pg->rank(), e.what());
+      std::fflush(stderr);
+      std::_Exit(1);
+    }
+  }
+  if (pg->rank() == 0 && pg->size() > 1) {
+    std::printf("gpu tests on %d ranks (%s): %s (%lld failed assertion groups summed over ranks)\n", pg->size(),
+                backend.c_str(), total == 0 ? "all passed" : "FAILED", static_cast<long long>(total));
+  }
   ddp::test::set_world(nullptr);
-  // Catch returns the failure count; 77 failures must not read as "skipped".
-  return failures == kSkipped ? 1 : failures;
+  pg.reset();
+  // 77 failures must not read as "skipped".
+  return total == 0 ? 0 : 1;
 }
