@@ -266,7 +266,7 @@ if [[ -f "$NCCL_LOG" ]]; then
   elif ((inits >= 2)); then
     NOTES+=("nccl-np2: NCCL accepted two ranks on one GPU ($inits communicator inits completed), but the tests FAILED: see nccl-np2.log")
   else
-    why=$(grep -m1 'NCCL WARN' "$NCCL_LOG" || grep -m1 -E 'FAILED|NOT RUN|rror' "$NCCL_LOG" || echo "see nccl-np2.log")
+    why=$(grep -m1 'NCCL WARN' "$NCCL_LOG" || grep -v '^==>' "$NCCL_LOG" | grep -m1 -E 'FAILED|NOT RUN|rror' || echo "see nccl-np2.log")
     NOTES+=("nccl-np2: FAILED before NCCL completed a two-rank communicator: $why")
   fi
 fi
