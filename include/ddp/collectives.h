@@ -13,7 +13,10 @@
 namespace ddp {
 
 // Broadcasts `tensors` from `root` in place, coalesced into one flat buffer per
-// (device, dtype) so that many small tensors cost few collectives. Blocking.
+// (device, dtype) so that many small tensors cost few collectives. On a CPU group it
+// blocks until the tensors hold root's values; on a CUDA group (NCCL) it returns once the
+// broadcast and the copies into the tensors are queued on the current stream, which any
+// later use of them on that stream follows.
 void broadcast_coalesced(ProcessGroup& process_group, const std::vector<at::Tensor>& tensors, int root);
 
 // Checks with one collective that every rank holds the same list of named tensors

@@ -32,6 +32,19 @@ struct Options {
   // cost memory bandwidth the step needs, and off for CUDA, where fewer, larger NCCL
   // calls matter more. 0 turns it off.
   double in_place_min_mb = -1.0;
+  // libddp extension: when the host reads what keeps the ranks in step (each section's
+  // header and each backward's used flags and statuses; docs/semantics.md, "Ranks in
+  // step"). kStrict: before a section launches anything, and at the end of every
+  // backward (one host synchronisation per step on CUDA); a rank's error leaves every rank
+  // recoverable at once. kDeferred: once the results have arrived, at the latest a few
+  // collectives later, so that a CUDA step never waits on the host in the steady state; an
+  // error is raised on every rank at its next reducer call, after that step's gradients
+  // were written, and the reducer then stops. A backward in which this rank left a
+  // parameter without a gradient still reads the flags at once (it must know whether
+  // another rank used it). kAuto (default): kDeferred on a CUDA process group (NCCL),
+  // kStrict otherwise. DDP_STEP_CHECK=auto|strict|deferred replaces the value set here.
+  enum class StepCheck { kAuto, kStrict, kDeferred };
+  StepCheck step_check = StepCheck::kAuto;
   // How long the reducer waits for a collective before it throws ddp::TimeoutError.
   // The environment variable DDP_TIMEOUT_S replaces the default (not a value set here).
   std::chrono::milliseconds timeout = std::chrono::minutes(10);

@@ -40,6 +40,13 @@ class ProcessGroup {
   // Blocks until every rank has reached it.
   virtual void barrier() = 0;
 
+  // Gives up on the collectives in flight, because the caller knows their peers are gone
+  // or out of step (they may never complete), so that no thread or stream waits on them;
+  // the group cannot be used afterwards. `reason` is what later calls report. NCCL aborts
+  // its communicator; MPI cannot end one collective and does nothing (its exit path
+  // ends the job instead).
+  virtual void abort(const std::string& reason) {}
+
   // The timeout that blocking helpers (barrier, verification) wait for.
   std::chrono::milliseconds timeout() const { return timeout_; }
   void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }

@@ -16,6 +16,8 @@ struct ReducerStats {
   int64_t graph_walk_ns = 0;       // total time of find_unused_parameters graph walks
   int64_t graph_walk_nodes = 0;    // autograd nodes visited by the last graph walk
   int64_t bucket_rebuilds = 0;     // 0 or 1
+  int64_t deferred_flag_reads = 0; // backward passes that returned without reading the ranks' used
+                                   // flags (deferred step check: read once they arrive)
   int64_t step_check_ns = 0;       // total time keeping the ranks in step: section headers (their
                                    // exchange and wait) and the checks that the parameters and
                                    // the module's parameters are unchanged

@@ -29,7 +29,13 @@ void broadcast_coalesced(ProcessGroup& process_group, const std::vector<at::Tens
     members.push_back(&group);
   }
   for (size_t g = 0; g < pending.size(); ++g) {
-    pending[g].second->wait(process_group.timeout());
+    // A group on a CUDA device (NCCL) orders the copies below after the broadcast on the
+    // current stream, without blocking the host; its watchdog owns the deadline.
+    if (process_group.device().is_cuda()) {
+      pending[g].second->wait();
+    } else {
+      pending[g].second->wait(process_group.timeout());
+    }
     if (process_group.rank() == root) continue;
     int64_t offset = 0;
     for (auto& t : *members[g]) {

@@ -24,7 +24,10 @@ void Reducer::sync_module_state(const std::vector<at::Tensor>& tensors) { impl_-
 bool Reducer::manages(const at::Tensor& tensor) const { return impl_->manages(tensor); }
 bool Reducer::require_sync() const { return impl_->require_sync; }
 void Reducer::set_require_sync(bool require_sync) { impl_->require_sync = require_sync; }
-std::vector<std::string> Reducer::unused_parameters() const { return impl_->unused_names(/*global=*/true); }
+std::vector<std::string> Reducer::unused_parameters() const {
+  impl_->settle_reads(); // a deferred step check reads the last backward's flags now
+  return impl_->unused_names(/*global=*/true);
+}
 std::vector<std::string> Reducer::locally_unused_parameters() const { return impl_->unused_names(/*global=*/false); }
 std::vector<std::vector<std::string>> Reducer::bucket_layout() const { return impl_->bucket_layout(); }
 std::vector<int64_t> Reducer::bucket_bytes() const { return impl_->bucket_bytes(); }

@@ -1,6 +1,7 @@
 #include "reducer/reducer_impl.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 #include <torch/csrc/autograd/engine.h>
@@ -166,7 +167,27 @@ Options validated(Options options, int rank) {
   if (const char* s = std::getenv("DDP_TIMELINE")) {
     if (*s != '\0') options.timeline_path = s;
   }
+  if (const char* s = std::getenv("DDP_STEP_CHECK"); s != nullptr && *s != '\0') {
+    const std::string mode = s;
+    if (mode == "auto") {
+      options.step_check = Options::StepCheck::kAuto;
+    } else if (mode == "strict") {
+      options.step_check = Options::StepCheck::kStrict;
+    } else if (mode == "deferred") {
+      options.step_check = Options::StepCheck::kDeferred;
+    } else {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] DDP_STEP_CHECK=\"{}\" is not a step-check mode: use auto, strict or deferred "
+          "(docs/semantics.md, \"Ranks in step\"), or unset it",
+          rank, mode));
+    }
+  }
   return options;
+}
+
+bool deferred_step_check(const Options& options, const c10::Device& comm_device) {
+  if (options.step_check == Options::StepCheck::kAuto) return comm_device.is_cuda();
+  return options.step_check == Options::StepCheck::kDeferred;
 }
 
 } // namespace
@@ -184,7 +205,8 @@ Reducer::Impl::Impl(NamedParameters parameters, const NamedParameters& all_param
       timeline(!options.timeline_path.empty()),
       rank_(process_group->rank()),
       world_size_(process_group->size()),
-      comm_device_(process_group->device()) {
+      comm_device_(process_group->device()),
+      deferred_(deferred_step_check(options, comm_device_)) {
   {
     std::lock_guard<std::mutex> lock(registry_mutex());
     for (size_t i = 0; i < this->parameters.size(); ++i) {
@@ -244,6 +266,15 @@ Reducer::Impl::~Impl() {
                 "and before its backward: that backward will not be reduced (each rank keeps its local gradients). "
                 "Keep the wrapper alive until backward() returns.",
                 step_);
+  }
+  // Deferred results that have arrived: an out-of-step peer is reported (and no goodbye
+  // is sent into a group that is out of step).
+  if (deferred_ && broken_.empty()) {
+    try {
+      drain_reads(/*block=*/false);
+    } catch (const std::exception& e) {
+      detail::log(detail::LogLevel::kWarn, rank_, "at the reducer's destruction: {}", e.what());
+    }
   }
   // A backward that raised and was never followed by another forward: complete its
   // section (without waiting) so that the peers' collectives still pair up.
@@ -416,8 +447,18 @@ void Reducer::Impl::exchange_header(Section section, bool wait) {
     return;
   }
   const auto start = Clock::now();
-  int64_t* h = header_local_.is_cpu() ? header_local_.data_ptr<int64_t>() : nullptr;
   const int64_t record[3] = {static_cast<int64_t>(section), step_, state_syncs_};
+  if (deferred_) {
+    // Launches are not held back for it: drain_reads compares the records once they
+    // have arrived, and a group out of step is stopped then.
+    gather_deferred(PendingRead::Kind::kHeader, to_comm_device(at::from_blob(const_cast<int64_t*>(record), {3},
+                                                                             at::kLong)));
+    header_verified_ = true;
+    stats.collectives += 1;
+    stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+    return;
+  }
+  int64_t* h = header_local_.is_cpu() ? header_local_.data_ptr<int64_t>() : nullptr;
   if (h != nullptr) {
     std::copy(record, record + 3, h);
   } else {
@@ -442,13 +483,14 @@ void Reducer::Impl::verify_header() {
   header_work_->wait(timeout());
   header_work_.reset();
   at::Tensor all = header_all_.is_cpu() ? header_all_ : header_all_.cpu();
-  const int64_t* a = all.data_ptr<int64_t>();
+  check_header_records(all.data_ptr<int64_t>());
+  header_verified_ = true;
+}
+
+void Reducer::Impl::check_header_records(const int64_t* a) {
   bool same = true;
   for (int r = 1; r < world_size_; ++r) same = same && std::equal(a, a + 3, a + 3 * r);
-  if (same) {
-    header_verified_ = true;
-    return;
-  }
+  if (same) return;
   std::string states;
   std::string finished;
   for (int r = 0; r < world_size_; ++r) {
@@ -469,11 +511,135 @@ void Reducer::Impl::verify_header() {
         "some ranks, or a training forward through the wrapper that was not backpropagated on some ranks. Every rank "
         "must run the same sequence of forward and backward passes.";
   }
-  broken_ = fmt::format(
+  fail_out_of_step(fmt::format(
       "{} the ranks are out of step: {}. {} Their collectives no longer pair up, so the reducer stops here on every "
       "rank (its gradients are not averaged); restart from the last checkpoint.",
-      rank_prefix(), states, cause);
+      rank_prefix(), states, cause));
+}
+
+void Reducer::Impl::fail_out_of_step(std::string message) {
+  broken_ = std::move(message);
+  // Deferred: collectives issued after the mismatch may be paired with the wrong ones
+  // and never complete; end them, so that no stream or exit waits on them.
+  if (deferred_) {
+    try {
+      process_group->abort(broken_);
+    } catch (const std::exception& e) {
+      detail::log(detail::LogLevel::kWarn, rank_, "could not abort the process group: {}", e.what());
+    }
+  }
   throw ReductionError(broken_);
+}
+
+at::Tensor Reducer::Impl::to_comm_device(const at::Tensor& values) const {
+  if (comm_device_.is_cpu()) return values.clone();
+  // From pinned memory a host-to-device copy is queued, not waited for (a pageable one
+  // would wait for the stream to drain first).
+  at::Tensor pinned = at::empty(values.sizes(), values.options().pinned_memory(true));
+  pinned.copy_(values);
+  at::Tensor on_device = at::empty(values.sizes(), values.options().device(comm_device_));
+  on_device.copy_(pinned, /*non_blocking=*/true);
+  return on_device;
+}
+
+std::shared_ptr<Work> Reducer::Impl::gather_deferred(PendingRead::Kind kind, const at::Tensor& local) {
+  at::Tensor all = at::empty({world_size_, local.numel()}, local.options());
+  std::vector<at::Tensor> rows;
+  rows.reserve(static_cast<size_t>(world_size_));
+  for (int r = 0; r < world_size_; ++r) rows.push_back(all[r]);
+  auto work = process_group->allgather(rows, local);
+  PendingRead read{kind, work, all, all, nullptr, step_, iteration_};
+  if (comm_device_.is_cuda()) {
+    // The host copy follows the gather on the current stream; the event says when it is
+    // there. Nothing here waits.
+    work->wait();
+    read.host = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(true));
+    read.host.copy_(all, /*non_blocking=*/true);
+    const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+    read.copied = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
+    read.copied->record(cuda.getStream(comm_device_));
+  }
+  pending_reads_.push_back(std::move(read));
+  return work;
+}
+
+void Reducer::Impl::drain_reads(bool block) {
+  const auto start = Clock::now();
+  struct Timer {
+    ReducerStats& stats;
+    Clock::time_point start;
+    ~Timer() { stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(); }
+  } timer{stats, start};
+  while (!pending_reads_.empty()) {
+    PendingRead& front = pending_reads_.front();
+    const bool arrived = front.copied ? front.copied->query() : front.work->is_completed();
+    if (!arrived) {
+      // Bounded lag: a GPU more than a few collectives behind makes the host wait here.
+      if (!block && pending_reads_.size() <= kMaxPendingReads) return;
+      if (front.copied) {
+        front.copied->synchronize(); // bounded: the group's watchdog aborts a collective that hangs
+      } else {
+        front.work->wait(timeout());
+      }
+    }
+    PendingRead read = std::move(front);
+    pending_reads_.pop_front();
+    read.work->wait(timeout()); // complete: rethrows its failure, if it failed
+    if (read.kind == PendingRead::Kind::kHeader) {
+      check_header_records(read.host.data_ptr<int64_t>());
+    } else {
+      check_flags(read);
+    }
+  }
+}
+
+void Reducer::Impl::settle_reads() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (deferred_ && broken_.empty()) drain_reads(/*block=*/true);
+}
+
+void Reducer::Impl::check_flags(const PendingRead& read) {
+  const size_t n = parameters.size();
+  const uint8_t* flags = read.host.data_ptr<uint8_t>();
+  std::vector<int64_t> used_by(n, 0);
+  std::vector<uint8_t> statuses(static_cast<size_t>(world_size_), kOk);
+  for (int r = 0; r < world_size_; ++r) {
+    const uint8_t* row = flags + r * (n + 1);
+    for (size_t i = 0; i < n; ++i) used_by[i] += row[i];
+    statuses[static_cast<size_t>(r)] = row[n];
+  }
+  if (!std::all_of(statuses.begin(), statuses.end(), [](uint8_t s) { return s == kOk; })) {
+    const std::string abandoned = ranks_with(statuses, kAbandoned);
+    const std::string failed = ranks_with(statuses, kLocalError);
+    std::string who;
+    if (!abandoned.empty()) who += fmt::format("the backward of rank(s) {} was interrupted", abandoned);
+    if (!failed.empty()) {
+      who += fmt::format("{}rank(s) {} found an error in their backward (their own message names it)",
+                         who.empty() ? "" : ", and ", failed);
+    }
+    fail_out_of_step(fmt::format(
+        "{} the backward of training step {} did not go right: {}. With the deferred step check (the default on a "
+        "CUDA process group; Options::step_check, DDP_STEP_CHECK) the ranks' statuses are read once they arrive, so "
+        "this rank had already written that step's gradients, averaged with an incomplete contribution, and an "
+        "optimizer step taken with them may differ across ranks. The reducer stops on every rank: restart from the "
+        "last checkpoint. With DDP_STEP_CHECK=strict such a step is recoverable, at one host synchronisation per step.",
+        rank_prefix(), read.step, who));
+  }
+  if (options.static_graph && learned_static_) used_by = static_used_by_;
+  if (read.iteration >= used_by_iteration_) {
+    used_by_iteration_ = read.iteration;
+    last_used_by_ = used_by;
+  }
+  // A read is deferred only when this rank used every parameter in that backward.
+  report_unused(used_by, flags, std::vector<char>(n, 1), read.iteration);
+}
+
+void Reducer::Impl::wait_ordered(Work& work) const {
+  if (comm_device_.is_cuda()) {
+    work.wait();
+  } else {
+    work.wait(timeout());
+  }
 }
 
 void Reducer::Impl::complete_interrupted_section() {
@@ -483,7 +649,12 @@ void Reducer::Impl::complete_interrupted_section() {
     stats.collectives += 1;
   }
   next_to_launch_ = buckets_.size();
-  if (!flags_work_) {
+  if (!flags_work_ && deferred_) {
+    at::Tensor flags = at::zeros({static_cast<int64_t>(parameters.size()) + 1}, at::kByte);
+    flags.data_ptr<uint8_t>()[parameters.size()] = kAbandoned;
+    flags_work_ = gather_deferred(PendingRead::Kind::kFlags, to_comm_device(flags));
+    stats.collectives += 1;
+  } else if (!flags_work_) {
     std::fill_n(used_local_host_.data_ptr<uint8_t>(), parameters.size(), 0);
     used_local_host_.data_ptr<uint8_t>()[parameters.size()] = kAbandoned;
     if (!used_local_.is_same(used_local_host_)) used_local_.copy_(used_local_host_);
@@ -526,6 +697,17 @@ void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lo
   reset_iteration();
   phase_ = Phase::kIdle;
   iteration_ += 1;
+  // Deferred: the "abandoned" status reaches the other ranks after they wrote this step's
+  // gradients, so no rank can go on; reading it here stops this rank the same way.
+  if (!failure && deferred_) {
+    try {
+      drain_reads(/*block=*/true);
+    } catch (const ReductionError&) {
+      throw;
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
   if (failure) {
     if (broken_.empty()) {
       try {
@@ -548,6 +730,11 @@ void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lo
 void Reducer::Impl::prepare_for_forward() {
   std::unique_lock<std::mutex> lock(mutex_);
   throw_if_broken();
+  // On a CPU group (the deferred check runs there only when asked for) the previous
+  // backward's flags are read now: the host already waited for its buckets, so this is one
+  // small collective at most, and an MPI collective that a failed peer never joins could
+  // not be ended. On CUDA only what has arrived; a group left hanging is aborted.
+  if (deferred_) drain_reads(/*block=*/!comm_device_.is_cuda());
   if (phase_ == Phase::kBackward) settle_interrupted_backward(lock);
   const auto check_start = Clock::now();
   full_check_this_forward = check_due_ || step_ % kFullCheckEvery == 0;
@@ -574,6 +761,7 @@ void Reducer::Impl::sync_module_state(const std::vector<at::Tensor>& tensors) {
   // running statistics), and overwriting them in place would break it. The next training
   // forward broadcasts them.
   if (!at::GradMode::is_enabled() && (phase_ == Phase::kArmed || phase_ == Phase::kArmedNoSync)) return;
+  if (deferred_) drain_reads(/*block=*/!comm_device_.is_cuda());
   exchange_header(Section::kModuleState);
   state_syncs_ += 1;
   lock.unlock();
@@ -879,9 +1067,23 @@ void Reducer::Impl::finalize() {
       }
     }
   }
+  // Deferred step check: the host reads this backward's flags later (drain_reads), unless
+  // it needs them now: this rank left a parameter without a gradient (whether another
+  // rank used it decides whether its .grad is written), the first iteration (bucket order,
+  // static graph), or this rank's own error (every rank must see it in this step).
+  const bool used_everything =
+      std::all_of(local_used.begin(), local_used.end(), [](char used) { return used != 0; });
+  const bool read_later = deferred_ && world_size_ > 1 && used_everything && iteration > 0 &&
+                          pending_error_.empty() && (!options.static_graph || learned_static_);
   // Every section ends with the used flags and this rank's status, so that an error on
   // one rank is an error on every rank, never a silent difference.
-  if (world_size_ > 1) {
+  if (read_later) {
+    at::Tensor flags = at::ones({static_cast<int64_t>(n) + 1}, at::kByte);
+    flags.data_ptr<uint8_t>()[n] = kOk;
+    flags_work_ = gather_deferred(PendingRead::Kind::kFlags, to_comm_device(flags));
+    stats.collectives += 1;
+    stats.deferred_flag_reads += 1;
+  } else if (world_size_ > 1) {
     uint8_t* flags = used_local_host_.data_ptr<uint8_t>();
     std::copy(local_used.begin(), local_used.end(), flags);
     flags[n] = pending_error_.empty() ? kOk : kLocalError;
@@ -898,11 +1100,19 @@ void Reducer::Impl::finalize() {
   try {
     for (size_t b = 0; b < buckets_.size(); ++b) {
       Work& work = *buckets_[b]->work();
-      work.wait(timeout());
-      timeline.record(Timeline::Kind::kCollective, static_cast<int64_t>(b), iteration, work.start_time(),
-                      work.end_time());
+      if (read_later) {
+        wait_ordered(work); // on CUDA a stream wait: the copies back below follow it on the GPU
+      } else {
+        work.wait(timeout());
+      }
+      // A collective waited for on the stream only may not have finished yet: its end is
+      // not known on the host, so the timeline leaves it out.
+      if (timeline.enabled() && work.is_completed()) {
+        timeline.record(Timeline::Kind::kCollective, static_cast<int64_t>(b), iteration, work.start_time(),
+                        work.end_time());
+      }
     }
-    if (flags_work_) {
+    if (flags_work_ && !read_later) {
       flags_work_->wait(timeout());
       timeline.record(Timeline::Kind::kUsedFlags, -1, iteration, flags_work_->start_time(), flags_work_->end_time());
     }
@@ -916,6 +1126,15 @@ void Reducer::Impl::finalize() {
     // Left in kBackward: the next forward completes this section with the other ranks
     // (settle_interrupted_backward) or reports that they are out of step.
     interrupted_cause_ = "a collective of this backward timed out";
+    // Deferred: a header that has arrived may say why (a peer out of step, or finished).
+    if (deferred_) {
+      try {
+        drain_reads(/*block=*/false);
+      } catch (const ReductionError&) {
+        throw;
+      } catch (...) {
+      }
+    }
     std::rethrow_exception(failure);
   }
   std::vector<int64_t>& used_by = last_used_by_;
@@ -923,6 +1142,10 @@ void Reducer::Impl::finalize() {
   if (world_size_ == 1) {
     for (size_t i = 0; i < n; ++i) used_by[i] = local_used[i];
     statuses[0] = pending_error_.empty() ? kOk : kLocalError;
+  } else if (read_later) {
+    // This rank used every parameter, so each gets the average; the ranks' statuses and
+    // the report wait for drain_reads.
+    std::fill(statuses.begin(), statuses.end(), kOk);
   } else {
     if (!used_all_.is_same(used_all_host_)) used_all_host_.copy_(used_all_);
     const uint8_t* flags = used_all_host_.data_ptr<uint8_t>();
@@ -933,13 +1156,13 @@ void Reducer::Impl::finalize() {
       statuses[r] = row[n];
     }
   }
-  if (options.static_graph && learned_static_) used_by = static_used_by_;
+  if (options.static_graph && learned_static_ && !read_later) used_by = static_used_by_;
   const bool all_ok = std::all_of(statuses.begin(), statuses.end(), [](uint8_t s) { return s == kOk; });
 
   // Write the averages into .grad; a parameter no rank used keeps its .grad untouched.
   if (all_ok) {
     for (size_t i = 0; i < n; ++i) {
-      if (used_by[i] == 0) continue;
+      if (!read_later && used_by[i] == 0) continue;
       const Slot& slot = slots_[i];
       if (buckets_[slot.bucket]->in_place()) continue; // .grad holds the average already
       const at::Tensor& view = buckets_[slot.bucket]->view(slot.position);
@@ -995,7 +1218,10 @@ void Reducer::Impl::finalize() {
       rebuild_order_.assign(data, data + n);
     }
   }
-  report_unused(used_by);
+  if (!read_later) {
+    used_by_iteration_ = iteration;
+    report_unused(used_by, world_size_ > 1 ? used_all_host_.data_ptr<uint8_t>() : nullptr, local_used, iteration);
+  }
 
   const auto end = Clock::now();
   stats.iterations += 1;
@@ -1010,7 +1236,17 @@ void Reducer::Impl::finalize() {
   reset_iteration();
   phase_ = Phase::kFinalized;
   iteration_ += 1;
-  if (!error.empty()) throw ReductionError(error);
+  if (!error.empty()) {
+    // Deferred: the other ranks read this rank's status only after writing this step's
+    // gradients, and then stop; so does this one.
+    if (deferred_ && world_size_ > 1) {
+      broken_ = error + " With the deferred step check (the default on a CUDA process group) the other ranks learn "
+                        "of it after writing this step's gradients, so the reducer stops on every rank: restart from "
+                        "the last checkpoint (DDP_STEP_CHECK=strict keeps such a step recoverable).";
+      throw ReductionError(broken_);
+    }
+    throw ReductionError(error);
+  }
   if (!all_ok) {
     const std::string abandoned = ranks_with(statuses, kAbandoned);
     const std::string failed = ranks_with(statuses, kLocalError);
@@ -1023,15 +1259,24 @@ void Reducer::Impl::finalize() {
       who += fmt::format("{}rank(s) {} found an error in their backward (their own message names it)",
                          who.empty() ? "" : ", and ", failed);
     }
-    throw ReductionError(fmt::format(
+    std::string message = fmt::format(
         "{} the gradients of training step {} are not averaged: {}. No rank wrote averaged gradients for this step "
         "(gradients reduced in place or as bucket views hold partial sums): zero the gradients and go on with the "
         "next batch; the ranks are still in step.",
-        rank_prefix(), step, who));
+        rank_prefix(), step, who);
+    if (deferred_) {
+      // The failed rank stops (deferred step check), so this one cannot go on either.
+      broken_ = fmt::format("{} the gradients of training step {} are not averaged: {}. With the deferred step check "
+                            "that rank stops, so the reducer stops on every rank: restart from the last checkpoint.",
+                            rank_prefix(), step, who);
+      throw ReductionError(broken_);
+    }
+    throw ReductionError(message);
   }
 }
 
-void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by) {
+void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by, const uint8_t* flags,
+                                  const std::vector<char>& local_used, int64_t iteration) {
   const size_t n = parameters.size();
   std::vector<size_t> global;
   std::vector<size_t> partial;
@@ -1041,17 +1286,16 @@ void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by) {
   }
   std::vector<size_t> local;
   for (size_t i = 0; i < n; ++i) {
-    if (!last_local_used_[i]) local.push_back(i);
+    if (!local_used[i]) local.push_back(i);
   }
   if (detail::debug_level() >= detail::DebugLevel::kDetail) {
     detail::log(detail::LogLevel::kInfo, rank_, "iteration {}: unused on every rank: [{}]; unused on this rank: [{}]",
-                iteration_, names_of(global), names_of(local));
+                iteration, names_of(global), names_of(local));
   }
   if (global.empty() && partial.empty()) return;
   // Which ranks skipped each partially used parameter (the allgathered flags say).
   std::string partial_text;
-  if (!partial.empty() && world_size_ > 1) {
-    const auto* flags = used_all_host_.data_ptr<uint8_t>(); // filled by finalize
+  if (!partial.empty() && world_size_ > 1 && flags != nullptr) {
     for (size_t k = 0; k < partial.size(); ++k) {
       std::string ranks;
       for (int r = 0; r < world_size_; ++r) {
@@ -1064,7 +1308,7 @@ void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by) {
   if (reported_sets_.count(key) || reported_sets_.size() >= kMaxReportedSets) return;
   reported_sets_.insert(key);
   if (rank_ != 0) return; // every rank knows the same sets; one report is enough
-  std::string message = fmt::format("iteration {}: parameters that received no gradient", iteration_);
+  std::string message = fmt::format("iteration {}: parameters that received no gradient", iteration);
   if (!global.empty()) message += fmt::format("; on every rank (their .grad is left untouched): {}", names_of(global));
   if (!partial.empty()) message += fmt::format("; on some ranks (they contributed zeros): {}", partial_text);
   message += ". The gradients are correct. ";

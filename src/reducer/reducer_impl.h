@@ -6,7 +6,10 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include <c10/core/Event.h>
+
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -43,6 +46,9 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void on_backward_start();
   void finalize();
 
+  // Reads every deferred step-check result (Options::StepCheck::kDeferred), waiting for
+  // them, so that what follows (unused_names, a checkpoint) sees the last step's state.
+  void settle_reads();
   std::vector<std::string> unused_names(bool global) const;
   std::vector<std::vector<std::string>> bucket_layout() const;
   std::vector<int64_t> bucket_bytes() const;
@@ -123,8 +129,38 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Throws ReductionError when a parameter's tensor, dtype, device or gradient
   // accumulator changed since construction (module->to(), set_data): its hook is gone.
   void check_parameters_unchanged() const;
-  // Waits for this section's used-flags/status exchange; returns the ranks' statuses.
-  std::vector<uint8_t> read_statuses(std::vector<int64_t>& used_by);
+  // Compares the ranks' header records (world x 3, on the host); on a difference marks
+  // the reducer broken and throws ReductionError naming what each rank is doing.
+  void check_header_records(const int64_t* records);
+
+  // A step-check result whose host read is deferred (kDeferred): the collective, and the
+  // host copy of what it gathered, ordered after it on the stream by `copied` (CUDA) or
+  // complete with the work (CPU). Read in issue order by drain_reads.
+  struct PendingRead {
+    enum class Kind { kHeader, kFlags } kind;
+    std::shared_ptr<Work> work;
+    at::Tensor gathered;                // the allgather's output, on comm_device_
+    at::Tensor host;                    // its host copy
+    std::shared_ptr<c10::Event> copied; // null on a CPU group
+    int64_t step;
+    int64_t iteration;
+  };
+  // Issues the gather of `local` (one row per rank, on comm_device_) and queues its host
+  // read. Deferred mode only.
+  std::shared_ptr<Work> gather_deferred(PendingRead::Kind kind, const at::Tensor& local);
+  // A small tensor on comm_device_ holding `values`, without a host wait (pinned source).
+  at::Tensor to_comm_device(const at::Tensor& values) const;
+  // Reads the pending results in order: those already arrived, or all of them when
+  // `block` (or when more than kMaxPendingReads are queued). Throws the sticky error when
+  // a result shows the ranks out of step or a rank's backward failed. Caller holds mutex_.
+  void drain_reads(bool block);
+  void check_flags(const PendingRead& read);
+  // Waits for a collective whose result the host does not read: a stream wait on a CUDA
+  // group (its watchdog owns the deadline), a host wait with the timeout otherwise.
+  void wait_ordered(Work& work) const;
+  // Marks the reducer broken with `message`, gives up on the group's collectives in flight
+  // (deferred mode: some may never complete) and throws ReductionError.
+  [[noreturn]] void fail_out_of_step(std::string message);
   std::string ranks_with(const std::vector<uint8_t>& statuses, uint8_t status) const;
   // Marks parameter i ready without a gradient hook: its accumulated gradient if it was
   // used under no_sync(), else zeros. Caller holds mutex_.
@@ -134,7 +170,9 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void queue_finalize();
   void reset_iteration();
   void record_error(std::string message);
-  void report_unused(const std::vector<int64_t>& used_by);
+  // `flags`: the ranks' used-flag rows (world x (n + 1)); `local_used`: this rank's.
+  void report_unused(const std::vector<int64_t>& used_by, const uint8_t* flags, const std::vector<char>& local_used,
+                     int64_t iteration);
   std::string names_of(const std::vector<size_t>& indices) const;
   std::string rank_prefix() const;
   std::chrono::milliseconds timeout() const;
@@ -185,6 +223,12 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   at::Tensor header_all_;           // int64 [world, 3]
   std::vector<at::Tensor> header_rows_;
   std::vector<uint8_t> statuses_;   // each rank's status in the last used-flags exchange
+
+  // Deferred step check (Options::StepCheck, docs/semantics.md).
+  static constexpr size_t kMaxPendingReads = 8;
+  const bool deferred_;
+  std::deque<PendingRead> pending_reads_;
+  int64_t used_by_iteration_ = -1; // the iteration last_used_by_ describes
 
   // Used flags and status exchanged by allgather: used_local_ (n + 1 bytes) -> used_all_.
   at::Tensor used_local_;

@@ -197,6 +197,10 @@ std::shared_ptr<Work> ProcessGroupNCCL::allgather(std::vector<at::Tensor> output
                 });
 }
 
+void ProcessGroupNCCL::abort(const std::string& reason) {
+  comm_->abort(reason);
+}
+
 void ProcessGroupNCCL::barrier() {
   // NCCL has no barrier: a one-element all-reduce that every rank must join, waited for
   // on the host.

@@ -49,6 +49,7 @@ class ProcessGroupNCCL final : public ProcessGroup {
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
   void barrier() override;
+  void abort(const std::string& reason) override;
 
   c10::Device device() const override { return device_; }
   c10::cuda::CUDAStream comm_stream() const { return comm_stream_; }
