@@ -4,6 +4,8 @@
 //   mpirun -np 2 build/bench/ddp_bench                     # every model, CPU, table
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --json out.json
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --sweep 0.25,1,4,16,64 --sweep-out sweep
+//   scripts/cluster.sh mpirun -np 2 build/bench/ddp_bench --model mlp,resnet --link-dev eth0
+//                                                          # across simulated hosts (docs/cluster.md)
 //
 // Modes run interleaved window by window (local, ddp, naive, local, ddp, ...) so that
 // drift in the machine's speed hits them alike. Rank 0 prints; every rank computes.
@@ -46,13 +48,16 @@ struct Config {
   std::string device = "cpu";
   std::vector<double> sweep_caps;
   std::string sweep_out = "bench_sweep";
+  int sweep_passes = 1;       // passes over the caps; each cap's figure is the median over them
+  std::string sweep_label;    // appended to the sweep's title (e.g. the link)
   std::string timeline_path;
+  std::string link_dev; // NIC whose byte counters are read around each timed window
 };
 
 [[noreturn]] void usage(int rc) {
   std::printf(
       "usage: mpirun -np N ddp_bench [options]\n"
-      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all)\n"
+      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet (not in all)\n"
       "  --mode MODE[,MODE]      local (no DDP), ddp, ddp_fu (ddp with find_unused_parameters),\n"
       "                          naive (per-parameter all-reduce after backward) (default: local,ddp,naive)\n"
       "  --iterations N          timed steps per mode (default 30)\n"
@@ -68,7 +73,10 @@ struct Config {
       "  --json PATH             also write the results as JSON\n"
       "  --sweep CAPS            step time against bucket cap (MiB, comma-separated): CSV + PNG\n"
       "  --sweep-out PREFIX      files of the sweep: PREFIX.csv, PREFIX.png (default bench_sweep)\n"
-      "  --timeline PATH         write the DDP mode's Chrome-trace timeline (PATH.rank<R>.json)\n");
+      "  --sweep-passes N        passes over the caps in turn; medians over passes (default 1)\n"
+      "  --sweep-label TEXT      appended to the sweep's title (e.g. '2 hosts, 1 Gbit/s links')\n"
+      "  --timeline PATH         write the DDP mode's Chrome-trace timeline (PATH.rank<R>.json)\n"
+      "  --link-dev IFACE        bytes/s each mode moved through IFACE (/sys/class/net/IFACE), mean over ranks\n");
   std::exit(rc);
 }
 
@@ -109,14 +117,17 @@ Config parse(int argc, char** argv) {
     else if (a == "--sweep") {
       for (const auto& s : split(value())) c.sweep_caps.push_back(std::stod(s));
     } else if (a == "--sweep-out") c.sweep_out = value();
+    else if (a == "--sweep-passes") c.sweep_passes = std::stoi(value());
+    else if (a == "--sweep-label") c.sweep_label = value();
     else if (a == "--timeline") c.timeline_path = value();
+    else if (a == "--link-dev") c.link_dev = value();
     else {
       std::fprintf(stderr, "ddp_bench: unknown option %s\n", a.c_str());
       usage(2);
     }
   }
-  if (c.iterations < 1 || c.window < 1 || c.warmup < 0 || c.threads < 1) {
-    std::fprintf(stderr, "ddp_bench: --iterations, --window and --threads must be >= 1, --warmup >= 0\n");
+  if (c.iterations < 1 || c.window < 1 || c.warmup < 0 || c.threads < 1 || c.sweep_passes < 1) {
+    std::fprintf(stderr, "ddp_bench: --iterations, --window, --threads and --sweep-passes must be >= 1, --warmup >= 0\n");
     usage(2);
   }
   for (const auto& m : c.modes) {
@@ -148,7 +159,21 @@ struct Trainer {
   std::function<const ddp::Reducer*()> reducer = [] { return nullptr; };
   int64_t parameter_bytes = 0; // trainable parameters: what one step must all-reduce
   std::vector<double> window_ms;
+  int64_t link_tx = 0, link_rx = 0; // bytes through --link-dev during the timed windows
+  double link_s = 0;
 };
+
+// A NIC's byte counters (what crossed the link, headers included).
+struct LinkCounters {
+  int64_t tx = -1, rx = -1;
+};
+
+LinkCounters read_link(const std::string& dev) {
+  LinkCounters c;
+  std::ifstream("/sys/class/net/" + dev + "/statistics/tx_bytes") >> c.tx;
+  std::ifstream("/sys/class/net/" + dev + "/statistics/rx_bytes") >> c.rx;
+  return c;
+}
 
 struct Result {
   std::string model, mode;
@@ -158,6 +183,8 @@ struct Result {
   double hook_ms = 0, finalize_ms = 0, finalize_wait_ms = 0, walk_ms = 0, hidden_fraction = -1;
   double step_check_ms = 0; // headers + parameter checks: the cost of keeping the ranks in step
   int64_t walk_nodes = 0;
+  double comm_ms = -1;       // the collectives' time per step, from the timeline
+  double link_tx_bytes_per_s = 0, link_rx_bytes_per_s = 0; // --link-dev, mean over ranks
 };
 
 struct ModelSpec {
@@ -219,8 +246,9 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
 }
 
 // Fraction of the collectives' time that ran before backward's compute ended (finalize
-// start): communication hidden behind computation.
-double hidden_fraction(const ddp::Timeline& timeline) {
+// start): communication hidden behind computation. `comm_ms` gets the collectives' time
+// per step (they run one after another on the communication thread).
+double hidden_fraction(const ddp::Timeline& timeline, double* comm_ms = nullptr) {
   std::map<int64_t, Clock::time_point> finalize_start;
   for (const auto& e : timeline.events()) {
     if (e.kind == ddp::Timeline::Kind::kFinalize) finalize_start[e.iteration] = e.start;
@@ -233,6 +261,7 @@ double hidden_fraction(const ddp::Timeline& timeline) {
     total += d;
     if (cut > e.start) hidden += std::chrono::duration<double>(cut - e.start).count();
   }
+  if (comm_ms != nullptr) *comm_ms = finalize_start.empty() ? -1 : 1000.0 * total / finalize_start.size();
   return total > 0 ? hidden / total : -1;
 }
 
@@ -277,6 +306,14 @@ struct Bench {
           cfg, pg, options, device, x,
           [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
     }
+    if (model == "resnet") {
+      batch = kResNetBatch;
+      auto x = torch::randn({batch, 3, 32, 32}, f);
+      auto y = torch::randint(10, {batch}, f.dtype(torch::kLong));
+      return make_trainers<ResNet>(
+          cfg, pg, options, device, x,
+          [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
+    }
     if (model == "deepsup") {
       batch = 32;
       auto x = torch::randn({batch, 256}, f);
@@ -292,7 +329,7 @@ struct Bench {
                                     },
                                     keep);
     }
-    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup)\n", model.c_str());
+    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup, resnet)\n", model.c_str());
     std::exit(2);
   }
 
@@ -330,10 +367,18 @@ struct Bench {
       for (auto& t : trainers) {
         progress(model + ": window " + std::to_string(w + 1) + "/" + std::to_string(windows) + " " + t.mode);
         pg->barrier();
+        const LinkCounters link_before = cfg.link_dev.empty() ? LinkCounters{} : read_link(cfg.link_dev);
         const auto start = Clock::now();
         for (int i = 0; i < cfg.window; ++i) t.step(step++);
         sync_device();
-        t.window_ms.push_back(ms_since(start) / cfg.window);
+        const double window_ms = ms_since(start);
+        t.window_ms.push_back(window_ms / cfg.window);
+        if (!cfg.link_dev.empty()) {
+          const LinkCounters link_after = read_link(cfg.link_dev);
+          t.link_tx += link_after.tx - link_before.tx;
+          t.link_rx += link_after.rx - link_before.rx;
+          t.link_s += window_ms / 1000.0;
+        }
       }
     }
     std::vector<Result> results;
@@ -344,6 +389,13 @@ struct Bench {
       r.median_ms = percentile(t.window_ms, 0.5);
       r.p90_ms = percentile(t.window_ms, 0.9);
       r.samples_per_s = r.median_ms > 0 ? batch * pg->size() * 1000.0 / r.median_ms : 0;
+      if (!cfg.link_dev.empty()) {
+        auto rates = torch::tensor({t.link_tx / t.link_s, t.link_rx / t.link_s}, torch::kDouble).to(device);
+        pg->allreduce(rates)->wait();
+        rates = rates.cpu() / pg->size();
+        r.link_tx_bytes_per_s = rates[0].item<double>();
+        r.link_rx_bytes_per_s = rates[1].item<double>();
+      }
       if (const ddp::Reducer* red = t.reducer()) {
         const auto& s = red->stats();
         const double steps = std::max<int64_t>(1, s.iterations - before[t.mode].iterations);
@@ -360,7 +412,7 @@ struct Bench {
         auto* mutable_reducer = const_cast<ddp::Reducer*>(red);
         mutable_reducer->set_timeline_enabled(true);
         for (int i = 0; i < 5; ++i) t.step(step++);
-        r.hidden_fraction = hidden_fraction(red->timeline());
+        r.hidden_fraction = hidden_fraction(red->timeline(), &r.comm_ms);
         if (!cfg.timeline_path.empty()) mutable_reducer->write_timeline(cfg.timeline_path);
         mutable_reducer->set_timeline_enabled(false);
       } else {
@@ -400,7 +452,8 @@ struct Bench {
 std::string mpi_settings() {
   std::string out;
   for (const char* name : {"OMPI_MCA_coll_tuned_use_dynamic_rules", "OMPI_MCA_coll_tuned_allreduce_algorithm",
-                           "OMPI_MCA_mpi_yield_when_idle", "OMPI_MCA_btl", "OMP_NUM_THREADS"}) {
+                           "OMPI_MCA_mpi_yield_when_idle", "OMPI_MCA_btl", "OMP_NUM_THREADS",
+                           "DDP_COMM_THREAD_PRIORITY"}) {
     if (const char* v = std::getenv(name)) out += std::string(out.empty() ? "" : " ") + name + "=" + v;
   }
   return out.empty() ? "(OpenMPI defaults)" : out;
@@ -419,6 +472,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ddp_bench: %s\n", e.what());
     return 1;
   }
+  if (!cfg.link_dev.empty() && read_link(cfg.link_dev).tx < 0) {
+    std::fprintf(stderr, "ddp_bench: --link-dev %s: cannot read /sys/class/net/%s/statistics/tx_bytes\n",
+                 cfg.link_dev.c_str(), cfg.link_dev.c_str());
+    return 2;
+  }
   Bench bench{cfg, pg, device, pg->rank() == 0};
   const bool root = pg->rank() == 0;
   if (root) {
@@ -436,35 +494,61 @@ int main(int argc, char** argv) {
   if (!cfg.sweep_caps.empty()) {
     cfg.modes = {"ddp"};
     bench.cfg = cfg;
-    std::vector<std::tuple<double, double, double, int64_t>> rows;
+    // Passes over the caps in turn (0.25, 1, 4, ..., 0.25, 1, 4, ...), each cap's figures the
+    // median over its passes, so that drift and the first point's warm-up hit every cap.
+    struct Row {
+      double cap;
+      std::vector<double> median, p90, hidden, comm, link;
+      int64_t buckets = 0;
+    };
+    auto mid = [](const std::vector<double>& v) { return percentile(v, 0.5); };
     for (const auto& model : cfg.models) {
-      for (double cap : cfg.sweep_caps) {
-        auto r = bench.run_model(model, cap).front();
-        rows.emplace_back(cap, r.median_ms, r.p90_ms, r.buckets);
+      std::vector<Row> rows;
+      for (double cap : cfg.sweep_caps) rows.push_back(Row{cap, {}, {}, {}, {}, {}});
+      for (int pass = 0; pass < cfg.sweep_passes; ++pass) {
+        for (auto& row : rows) {
+          bench.progress(model + ": sweep pass " + std::to_string(pass + 1) + " cap " + fmt::format("{:g}", row.cap));
+          auto r = bench.run_model(model, row.cap).front();
+          row.median.push_back(r.median_ms);
+          row.p90.push_back(r.p90_ms);
+          row.hidden.push_back(r.hidden_fraction);
+          row.comm.push_back(r.comm_ms);
+          row.link.push_back(r.link_tx_bytes_per_s);
+          row.buckets = r.buckets;
+        }
       }
       if (root) {
+        if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%90s\r", "");
         const std::string csv = cfg.sweep_out + ".csv";
         std::ofstream out(csv);
-        out << "bucket_cap_mb,median_ms,p90_ms,buckets\n";
-        std::printf("\nbucket-cap sweep, model %s\n%14s %12s %10s %8s\n", model.c_str(), "bucket_cap_mb", "median ms",
-                    "p90 ms", "buckets");
-        for (auto& [cap, med, p90, buckets] : rows) {
-          out << cap << "," << med << "," << p90 << "," << buckets << "\n";
-          std::printf("%14g %12.2f %10.2f %8lld\n", cap, med, p90, static_cast<long long>(buckets));
+        out << "bucket_cap_mb,median_ms,p90_ms,buckets,hidden_fraction,comm_ms,link_tx_bytes_per_s\n";
+        std::printf("\nbucket-cap sweep, model %s, %d pass(es), medians over passes%s\n%14s %12s %10s %8s %9s %9s %12s\n",
+                    model.c_str(), cfg.sweep_passes, cfg.sweep_label.empty() ? "" : (", " + cfg.sweep_label).c_str(),
+                    "bucket_cap_mb", "median ms", "p90 ms", "buckets", "hidden %", "comm ms",
+                    cfg.link_dev.empty() ? "" : "link Gbit/s");
+        for (const auto& row : rows) {
+          out << row.cap << "," << mid(row.median) << "," << mid(row.p90) << "," << row.buckets << ","
+              << mid(row.hidden) << "," << mid(row.comm) << "," << mid(row.link) << "\n";
+          std::printf("%14g %12.2f %10.2f %8lld %9.0f %9.2f %12s\n", row.cap, mid(row.median), mid(row.p90),
+                      static_cast<long long>(row.buckets), 100 * mid(row.hidden), mid(row.comm),
+                      cfg.link_dev.empty() ? "" : fmt::format("{:.3f}", mid(row.link) * 8 / 1e9).c_str());
         }
         out.close();
         const std::string png = cfg.sweep_out + ".png";
+        const std::string title = "libddp step time vs bucket cap, " + model + ", " + std::to_string(pg->size()) +
+                                  " ranks" + (cfg.sweep_label.empty() ? "" : ", " + cfg.sweep_label);
         const std::string plot =
             "gnuplot -e \"set terminal pngcairo size 800,480 noenhanced; set output '" + png +
             "'; set datafile separator ','; set logscale x 2; set xlabel 'bucket cap (MiB)'; "
-            "set ylabel 'step time (ms)'; set title 'libddp step time vs bucket cap, " + model + ", " +
-            std::to_string(pg->size()) + " ranks'; set key top left; plot '" + csv +
+            "set ylabel 'step time (ms)'; set y2label 'communication hidden behind backward (%)'; "
+            "set yrange [0:*]; set y2range [0:100]; set ytics nomirror; set y2tics; set title '" + title +
+            "'; set key top left; plot '" + csv +
             "' skip 1 using 1:2 with linespoints lw 2 title 'median', '' skip 1 using 1:3 with linespoints "
-            "title 'p90'\" 2>/dev/null";
+            "title 'p90', '' skip 1 using 1:(100*\\$5) axes x1y2 with linespoints dt 2 title 'hidden % (right)'\" "
+            "2>/dev/null";
         const bool plotted = std::system("command -v gnuplot >/dev/null 2>&1") == 0 && std::system(plot.c_str()) == 0;
         std::printf("wrote %s%s\n", csv.c_str(), plotted ? (" and " + png).c_str() : " (no gnuplot: no PNG)");
       }
-      rows.clear();
     }
     return 0;
   }
@@ -506,6 +590,14 @@ int main(int argc, char** argv) {
         }
       }
       for (const auto& r : results) {
+        if (!cfg.link_dev.empty()) {
+          std::printf("link %s (%s): tx %.1f MB/s, rx %.1f MB/s per rank (%.3f / %.3f Gbit/s)%s\n",
+                      cfg.link_dev.c_str(), r.mode.c_str(), r.link_tx_bytes_per_s / 1e6, r.link_rx_bytes_per_s / 1e6,
+                      r.link_tx_bytes_per_s * 8 / 1e9, r.link_rx_bytes_per_s * 8 / 1e9,
+                      r.comm_ms >= 0 ? fmt::format("; collectives {:.2f} ms/step (timeline)", r.comm_ms).c_str() : "");
+        }
+      }
+      for (const auto& r : results) {
         if (r.walk_nodes > 0) {
           std::printf("graph walk (%s): %lld autograd nodes in %.3f ms (%.2f us per node)\n", r.mode.c_str(),
                       static_cast<long long>(r.walk_nodes), r.walk_ms, 1000.0 * r.walk_ms / r.walk_nodes);
@@ -537,10 +629,11 @@ int main(int argc, char** argv) {
           << fmt::format("{{\"model\":\"{}\",\"mode\":\"{}\",\"median_ms\":{:.4f},\"p90_ms\":{:.4f},"
                          "\"samples_per_s\":{:.2f},\"bytes_per_step\":{},\"buckets\":{},\"hook_ms\":{:.4f},"
                          "\"finalize_ms\":{:.4f},\"finalize_wait_ms\":{:.4f},\"graph_walk_ms\":{:.4f},"
-                         "\"graph_walk_nodes\":{},\"hidden_fraction\":{:.4f},\"step_check_ms\":{:.4f}}}",
+                         "\"graph_walk_nodes\":{},\"hidden_fraction\":{:.4f},\"step_check_ms\":{:.4f},"
+                         "\"comm_ms\":{:.4f},\"link_tx_bytes_per_s\":{:.1f},\"link_rx_bytes_per_s\":{:.1f}}}",
                          r.model, r.mode, r.median_ms, r.p90_ms, r.samples_per_s, r.bytes_per_step, r.buckets,
                          r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.walk_nodes, r.hidden_fraction,
-                         r.step_check_ms);
+                         r.step_check_ms, r.comm_ms, r.link_tx_bytes_per_s, r.link_rx_bytes_per_s);
     }
     out << "],\"models\":[";
     for (size_t i = 0; i < extra_json.size(); ++i) out << (i ? "," : "") << extra_json[i];
