@@ -16,8 +16,16 @@ communication library's share can be told from the reducer's.
     python3 bench/compare_torch.py                       # mlp,small; 2 ranks; 2 rounds
     python3 bench/compare_torch.py --models mlp,small,convnet,deepsup --markdown
     python3 bench/compare_torch.py --quick               # the smoke test (seconds)
+    python3 bench/compare_torch.py --cluster ddp --models mlp,resnet   # across simulated hosts
 
 Both sides run on this machine only: torch ranks rendezvous on 127.0.0.1 at a free port.
+With --cluster NAME (a cluster that scripts/cluster.sh brought up) every rank runs on a
+host of its own instead: PyTorch DDP launched torchrun-style (`cluster.sh run --launch
+env`, gloo on the hosts' eth0), libddp through `cluster.sh mpirun` (Open MPI over TCP),
+plus libddp's naive loop; each mode's bytes/s through eth0 is read from the NIC's
+counters and compared with the link's rate, and each DDP's share of communication
+hidden behind backward is taken from a timeline (libddp's own; PyTorch's from a comm
+hook that times each bucket's all-reduce) over a few extra steps after the timed ones.
 """
 
 import argparse
@@ -35,8 +43,12 @@ import tempfile
 import time
 import traceback
 
-MODELS = ("mlp", "small", "convnet", "deepsup")
-BATCH = {"mlp": 32, "small": 64, "convnet": 16, "deepsup": 32}
+MODELS = ("mlp", "small", "convnet", "deepsup")  # "all"
+EXTRA_MODELS = ("resnet",)                     # on request only, as in ddp_bench
+BATCH = {"mlp": 32, "small": 64, "convnet": 16, "deepsup": 32, "resnet": 8}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER_SH = os.path.join(REPO, "scripts", "cluster.sh")
+CLUSTER_STATE = "/run/ddp-cluster"
 
 
 def log(msg):
@@ -121,6 +133,47 @@ def build_model(name, torch):
             x = torch.relu(self.b3(self.c3(x)))
             return self.fc(F.adaptive_avg_pool2d(x, (1, 1)).flatten(1))
 
+    def conv(i, o, k, s):
+        return nn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False)
+
+    class BasicBlock(nn.Module):  # bench_models.h's BasicBlockImpl, same registration order
+        def __init__(self, i, o, s):
+            super().__init__()
+            self.c1 = conv(i, o, 3, s)
+            self.b1 = nn.BatchNorm2d(o)
+            self.c2 = conv(o, o, 3, 1)
+            self.b2 = nn.BatchNorm2d(o)
+            self.down = self.bd = None
+            if s != 1 or i != o:
+                self.down = conv(i, o, 1, s)
+                self.bd = nn.BatchNorm2d(o)
+
+        def forward(self, x):
+            y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+            return torch.relu(y + (self.bd(self.down(x)) if self.down is not None else x))
+
+    class ResNet(nn.Module):  # ResNet-18's shape at half width (bench_models.h)
+        def __init__(self):
+            super().__init__()
+            self.stem = conv(3, 32, 3, 1)
+            self.bn = nn.BatchNorm2d(32)
+            self.blocks = []
+            i = 32
+            for stage in range(4):
+                o = 32 << stage
+                for b in range(2):
+                    block = BasicBlock(i, o, 2 if b == 0 and stage > 0 else 1)
+                    self.add_module(f"layer{stage + 1}_{b}", block)
+                    self.blocks.append(block)
+                    i = o
+            self.fc = nn.Linear(i, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.stem(x)))
+            for b in self.blocks:
+                x = b(x)
+            return self.fc(F.adaptive_avg_pool2d(x, (1, 1)).flatten(1))
+
     class DeepSup(nn.Module):  # trunk + a head per depth; `debug` is never called
         def __init__(self):
             super().__init__()
@@ -169,6 +222,8 @@ def build_model(name, torch):
         return Small, lambda model, x, y, i: model(x).pow(2).mean()
     if name == "convnet":
         return ConvNet, lambda model, x, y, i: F.cross_entropy(model(x), y)
+    if name == "resnet":
+        return ResNet, lambda model, x, y, i: F.cross_entropy(model(x), y)
     if name == "deepsup":
         return DeepSupWithLoss, lambda model, x, y, i: model(x, y, i)
     raise ValueError(f"unknown model {name!r}")
@@ -203,6 +258,30 @@ def worker_main(args):
         if cuda:
             torch.cuda.synchronize()
 
+    def link_counters():
+        if not args.link_dev:
+            return 0, 0
+        base = f"/sys/class/net/{args.link_dev}/statistics/"
+        with open(base + "tx_bytes") as tx, open(base + "rx_bytes") as rx:
+            return int(tx.read()), int(rx.read())
+
+    def mean_over_ranks(values):
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return (t / world).tolist()
+
+    def timed_allreduce_hook(log, state, bucket):
+        """The default all-reduce (divide, then sum), timed: when DDP handed the bucket
+        over, and when its future completed."""
+        handed = time.perf_counter()
+        fut = dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future()
+
+        def done(f):
+            log.append((handed, time.perf_counter()))
+            return f.value()[0]
+
+        return fut.then(done)
+
     out = {"world_size": world, "backend": backend, "device": args.device,
            "threads_per_rank": args.threads, "torch": torch.__version__, "models": {}}
     for name in args.models.split(","):
@@ -215,7 +294,7 @@ def worker_main(args):
         elif name == "small":
             x = torch.randn(batch, 32, device=device)
             y = None
-        elif name == "convnet":
+        elif name in ("convnet", "resnet"):
             x = torch.randn(batch, 3, 32, 32, device=device)
             y = torch.randint(10, (batch,), device=device)
         else:
@@ -240,7 +319,7 @@ def worker_main(args):
                 loss_fn(model, x, y, i).backward()
                 opt.step()
 
-            trainers.append({"mode": mode, "step": step, "windows": [], "model": model})
+            trainers.append({"mode": mode, "step": step, "windows": [], "model": model, "tx": 0, "rx": 0, "s": 0.0})
 
         it = 0
         for t in trainers:
@@ -252,12 +331,54 @@ def worker_main(args):
         for _ in range(windows):
             for t in trainers:
                 dist.barrier()
+                tx0, rx0 = link_counters()
                 start = time.perf_counter()
                 for _ in range(args.window):
                     t["step"](it)
                     it += 1
                 sync()
-                t["windows"].append((time.perf_counter() - start) * 1000.0 / args.window)
+                elapsed = time.perf_counter() - start
+                t["windows"].append(elapsed * 1000.0 / args.window)
+                tx1, rx1 = link_counters()
+                t["tx"] += tx1 - tx0
+                t["rx"] += rx1 - rx0
+                t["s"] += elapsed
+
+        # PyTorch DDP's overlap, from a timeline as libddp's is: a third trainer, untimed,
+        # whose comm hook logs each bucket's all-reduce; backward's compute ends at the
+        # last bucket's hand-over (the last gradient is ready then). Its buckets' wall
+        # time is the union of [hand-over, completion]; the hidden share is the part of it
+        # before backward's end.
+        timeline = {"hidden_fraction": -1.0, "comm_ms": -1.0}
+        if args.timeline_steps > 0 and not cuda:
+            torch.manual_seed(1)
+            net = ctor().to(device)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01)
+            model = DDP(net, bucket_cap_mb=args.bucket_cap_mb, find_unused_parameters=(name == "deepsup"))
+            log = []
+            model.register_comm_hook(None, lambda state, bucket: timed_allreduce_hook(log, state, bucket))
+            total = hidden = 0.0
+            for k in range(2 + args.timeline_steps):
+                del log[:]
+                opt.zero_grad()
+                loss_fn(model, x, y, it).backward()
+                opt.step()
+                it += 1
+                if k < 2 or not log:
+                    continue
+                end_of_compute = max(h for h, _ in log)
+                spans = sorted(log)
+                merged = [list(spans[0])]
+                for a, b in spans[1:]:
+                    if a <= merged[-1][1]:
+                        merged[-1][1] = max(merged[-1][1], b)
+                    else:
+                        merged.append([a, b])
+                total += sum(b - a for a, b in merged)
+                hidden += sum(max(0.0, min(b, end_of_compute) - a) for a, b in merged)
+            if total > 0:
+                timeline = {"hidden_fraction": hidden / total, "comm_ms": 1000.0 * total / args.timeline_steps}
+            del model, net, opt
 
         # One raw all-reduce of the model's parameter bytes: gloo's (or NCCL's) share.
         buf = torch.ones(max(1, param_bytes // 4), dtype=torch.float32, device=device)
@@ -275,9 +396,12 @@ def worker_main(args):
         entry = {"batch": batch, "parameter_bytes": param_bytes,
                  "raw_allreduce_ms": percentile(raw, 0.5), "modes": {}}
         for t in trainers:
+            tx, rx = mean_over_ranks([t["tx"] / t["s"], t["rx"] / t["s"]])
             entry["modes"][t["mode"]] = {"median_ms": percentile(t["windows"], 0.5),
                                          "p90_ms": percentile(t["windows"], 0.9),
-                                         "windows_ms": t["windows"]}
+                                         "windows_ms": t["windows"],
+                                         "link_tx_bytes_per_s": tx, "link_rx_bytes_per_s": rx}
+        entry["modes"]["ddp"].update(timeline)
         out["models"][name] = entry
         del trainers
         dist.barrier()
@@ -329,14 +453,37 @@ def tail(path, n=40):
 
 
 def run_torch_round(args, workdir, tag):
-    """One PyTorch DDP run of every model: --np processes on 127.0.0.1."""
+    """One PyTorch DDP run of every model: --np processes on 127.0.0.1, or one per host of
+    the cluster (launched torchrun-style by cluster.sh)."""
     result = os.path.join(workdir, f"torch_{tag}.json")
-    port = free_port()
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", result,
            "--models", ",".join(args.model_list), "--threads", str(args.threads),
            "--iterations", str(args.iterations), "--warmup", str(args.warmup),
            "--window", str(args.window), "--bucket-cap-mb", str(args.bucket_cap_mb),
-           "--device", args.device, "--timeout", str(args.timeout)]
+           "--device", args.device, "--timeout", str(args.timeout),
+           "--timeline-steps", str(args.timeline_steps)]
+    if args.link_dev:
+        cmd += ["--link-dev", args.link_dev]
+    if args.cluster:
+        cmd = [CLUSTER_SH, "--name", args.cluster, "run", "--launch", "env", "--"] + cmd
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore",
+                   CLUSTER_TIMEOUT_S=str(args.timeout))
+        logpath = os.path.join(workdir, f"torch_{tag}.cluster.log")
+        with open(logpath, "w") as lf:
+            proc = subprocess.Popen(cmd, env=env, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=args.timeout + 30)
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        kill_group(proc)
+        if rc != 0 or not os.path.exists(result):
+            print(f"--- PyTorch DDP on cluster {args.cluster} (tail) ---\n{tail(logpath)}", file=sys.stderr)
+            die(f"the PyTorch DDP run ({tag}) on cluster {args.cluster} failed: status {rc}")
+        if args.verbose:
+            print(tail(logpath, 200), file=sys.stderr)
+        with open(result) as f:
+            return json.load(f)
+    port = free_port()
     procs, logs = [], []
     for rank in range(args.np):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(args.np), LOCAL_RANK=str(rank),
@@ -395,13 +542,15 @@ def run_libddp_round(args, workdir, tag):
     for i, (models, find_unused) in enumerate(bench_groups(args)):
         jpath = os.path.join(workdir, f"libddp_{tag}_{i}.json")
         cmd = args.mpirun_cmd + ["--oversubscribe", "--bind-to", "none", "-np", str(args.np), args.bench,
-                                 "--model", ",".join(models), "--mode", "local,ddp",
+                                 "--model", ",".join(models), "--mode", "local,ddp,naive" if args.naive else "local,ddp",
                                  "--iterations", str(args.iterations), "--warmup", str(args.warmup),
                                  "--window", str(args.window), "--threads", str(args.threads),
                                  "--bucket-cap-mb", str(args.bucket_cap_mb), "--device", args.device,
                                  "--json", jpath]
         if find_unused:
             cmd.append("--find-unused")
+        if args.link_dev:
+            cmd += ["--link-dev", args.link_dev]
         env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                    OMP_NUM_THREADS=str(args.threads))
         logpath = os.path.join(workdir, f"libddp_{tag}_{i}.log")
@@ -482,6 +631,21 @@ def summarize(args, torch_runs, libddp_runs):
             s["libddp"][mode] = {"median_ms": med([v["median_ms"] for v in lv]),
                                  "p90_ms": med([v["p90_ms"] for v in lv]),
                                  "rounds_ms": [v["median_ms"] for v in lv]}
+        if args.naive:
+            lv = [next(x for x in r["results"] if x["model"] == name and x["mode"] == "naive") for r in libddp_runs]
+            s["libddp"]["naive"] = {"median_ms": med([v["median_ms"] for v in lv]),
+                                    "p90_ms": med([v["p90_ms"] for v in lv]),
+                                    "rounds_ms": [v["median_ms"] for v in lv],
+                                    "link_tx_bytes_per_s": med([v.get("link_tx_bytes_per_s", 0) for v in lv])}
+        for mode in ("local", "ddp"):
+            s["torch"][mode]["link_tx_bytes_per_s"] = med(
+                [r["models"][name]["modes"][mode].get("link_tx_bytes_per_s", 0) for r in torch_runs])
+            s["libddp"][mode]["link_tx_bytes_per_s"] = med(
+                [next(x for x in r["results"] if x["model"] == name and x["mode"] == mode).get("link_tx_bytes_per_s", 0)
+                 for r in libddp_runs])
+        tddp = [r["models"][name]["modes"]["ddp"] for r in torch_runs]
+        s["torch"]["hidden_fraction"] = med([v.get("hidden_fraction", -1) for v in tddp])
+        s["torch"]["comm_ms"] = med([v.get("comm_ms", -1) for v in tddp])
         s["torch"]["raw_allreduce_ms"] = med([r["models"][name]["raw_allreduce_ms"] for r in torch_runs])
         lm = [next(x for x in r["models"] if x["model"] == name) for r in libddp_runs]
         s["libddp"]["raw_allreduce_ms"] = med([m["raw_allreduce_ms"] for m in lm])
@@ -493,6 +657,7 @@ def summarize(args, torch_runs, libddp_runs):
         s["libddp"]["hook_ms"] = med([x["hook_ms"] for x in lddp])
         s["libddp"]["finalize_ms"] = med([x["finalize_ms"] for x in lddp])
         s["libddp"]["hidden_fraction"] = med([x["hidden_fraction"] for x in lddp])
+        s["libddp"]["comm_ms"] = med([x.get("comm_ms", -1) for x in lddp])
         s["parameter_bytes"] = torch_runs[-1]["models"][name]["parameter_bytes"]
         s["batch_per_rank"] = torch_runs[-1]["models"][name]["batch"]
         for side in ("torch", "libddp"):
@@ -518,7 +683,7 @@ def table_rows(s, args):
     t, l = s["torch"], s["libddp"]
     mib = s["parameter_bytes"] / 1048576.0
     ratio = lambda a, b: b / a if a > 0 else float("nan")  # noqa: E731 (libddp / torch)
-    return [
+    rows = [
         ("step median, DDP (ms)", fmt(t["ddp"]["median_ms"]), fmt(l["ddp"]["median_ms"]),
          fmt(s["step_ratio"]) + " (libddp/torch)"),
         ("step p90, DDP (ms)", fmt(t["ddp"]["p90_ms"]), fmt(l["ddp"]["p90_ms"]),
@@ -537,6 +702,27 @@ def table_rows(s, args):
         ("DDP step / own floor", fmt(ratio(t["floor_ms"], t["ddp"]["median_ms"])),
          fmt(ratio(l["floor_ms"], l["ddp"]["median_ms"])), ""),
     ]
+    pct = lambda v: fmt(v * 100, ".0f") + "%" if v is not None and v >= 0 else "n/a"  # noqa: E731
+    ms = lambda v: fmt(v) if v is not None and v >= 0 else "n/a"  # noqa: E731
+    if args.naive:
+        rows.insert(3, ("step median, naive loop (ms)", "-", fmt(l["naive"]["median_ms"]),
+                        fmt(l["naive"]["median_ms"] / l["ddp"]["median_ms"]) + " (naive/libddp)"))
+    if args.timeline_steps > 0 and args.device == "cpu":
+        rows.append(("communication hidden behind backward (timeline)", pct(t["hidden_fraction"]),
+                     pct(l["hidden_fraction"]), ""))
+        rows.append(("communication per step (timeline, ms)", ms(t["comm_ms"]), ms(l["comm_ms"]),
+                     fmt(ratio(t["comm_ms"], l["comm_ms"])) if t["comm_ms"] > 0 and l["comm_ms"] > 0 else ""))
+    if args.link_dev:
+        def link(v):
+            g = v * 8 / 1e9
+            return fmt(g, ".3f") + (f" ({100 * g / args.link_gbit:.0f}%)" if args.link_gbit else "")
+        rate = f"{args.link_gbit:g} Gbit/s link" if args.link_gbit else "unshaped"
+        rows.append((f"{args.link_dev} tx per rank, DDP (Gbit/s, % of {rate})", link(t["ddp"]["link_tx_bytes_per_s"]),
+                     link(l["ddp"]["link_tx_bytes_per_s"]), ""))
+        if args.naive:
+            rows.append((f"{args.link_dev} tx per rank, naive loop (Gbit/s)", "-",
+                         link(l["naive"]["link_tx_bytes_per_s"]), ""))
+    return rows
 
 
 def print_tables(summary, args, info, markdown):
@@ -546,7 +732,9 @@ def print_tables(summary, args, info, markdown):
         t, l = s["torch"], s["libddp"]
         title = (f"model {name}: {s['parameter_bytes'] / 4 / 1e6:.2f} M parameters "
                  f"({s['parameter_bytes'] / 1048576.0:.2f} MiB), batch {s['batch_per_rank']} per rank, "
-                 f"{args.np} ranks, {args.threads} thread(s) per rank, bucket_cap_mb {args.bucket_cap_mb:g}"
+                 f"{args.np} ranks" + (f" on {args.np} hosts of cluster {args.cluster} ({args.link_rate})"
+                                       if args.cluster else "")
+                 + f", {args.threads} thread(s) per rank, bucket_cap_mb {args.bucket_cap_mb:g}"
                  + (", find_unused_parameters" if name == "deepsup" else ""))
         rows = table_rows(s, args)
         head = ("", torch_hdr, libddp_hdr, "ratio")
@@ -568,7 +756,8 @@ def print_tables(summary, args, info, markdown):
                 print(f"  {r[0]:<{w0}}  {r[1]:>{w1}}  {r[2]:>{w2}}  {r[3]}")
         per_round = lambda side, mode: ", ".join(fmt(v) for v in s[side][mode]["rounds_ms"])  # noqa: E731
         print(f"  per round (ms): PyTorch DDP {per_round('torch', 'ddp')} | no DDP {per_round('torch', 'local')}; "
-              f"libddp {per_round('libddp', 'ddp')} | no DDP {per_round('libddp', 'local')}")
+              f"libddp {per_round('libddp', 'ddp')} | no DDP {per_round('libddp', 'local')}"
+              + (f" | naive {per_round('libddp', 'naive')}" if args.naive else ""))
         hidden = l["hidden_fraction"]
         print(f"  libddp: {l['buckets']} buckets, hooks {fmt(l['hook_ms'])} ms/step, finalize "
               f"{fmt(l['finalize_ms'])} ms/step, collectives hidden behind backward "
@@ -601,10 +790,19 @@ def parse_args(argv):
     p.add_argument("--timeout", type=int, default=None,
                    help="seconds allowed to each child run (default 600, 180 with --quick)")
     p.add_argument("--verbose", action="store_true", help="also print the children's output")
+    p.add_argument("--cluster", default=None, metavar="NAME",
+                   help="run every rank on a host of the simulated cluster NAME (scripts/cluster.sh up): "
+                        "implies --np <its hosts>, --naive, --link-dev eth0")
+    p.add_argument("--naive", action="store_true", help="also time ddp_bench's naive per-parameter loop")
+    p.add_argument("--link-dev", default=None, metavar="IFACE",
+                   help="report each mode's bytes/s through IFACE (its /sys/class/net counters)")
+    p.add_argument("--timeline-steps", type=int, default=5,
+                   help="extra steps timed by a comm hook for PyTorch's hidden share (CPU; 0: off; default 5)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.iterations, args.warmup, args.window, args.rounds = 4, 1, 2, 1
+        args.timeline_steps = min(args.timeline_steps, 2)
     if args.models is None:
         args.models = "mlp,small"
     if args.timeout is None:
@@ -612,12 +810,37 @@ def parse_args(argv):
     if args.models == "all":
         args.models = ",".join(MODELS)
     args.model_list = [m for m in args.models.split(",") if m]
-    bad = [m for m in args.model_list if m not in MODELS]
+    bad = [m for m in args.model_list if m not in MODELS + EXTRA_MODELS]
     if bad or not args.model_list:
-        p.error(f"unknown model(s) {', '.join(bad) or '(none)'}: choose from {', '.join(MODELS)}")
+        p.error(f"unknown model(s) {', '.join(bad) or '(none)'}: choose from {', '.join(MODELS + EXTRA_MODELS)}")
+    args.link_rate, args.link_gbit = None, None
+    if args.cluster and not args._worker:
+        config = os.path.join(CLUSTER_STATE, args.cluster, "config")
+        try:
+            with open(config) as f:
+                conf = dict(line.strip().split("=", 1) for line in f if "=" in line)
+        except OSError:
+            p.error(f"--cluster {args.cluster}: no cluster of that name is up ({config}); "
+                    f"scripts/cluster.sh --name {args.cluster} up")
+        args.np = int(conf["hosts"])
+        args.naive = True
+        args.link_dev = args.link_dev or "eth0"
+        args.link_rate = conf.get("rate", "?")
+        args.link_gbit = rate_gbit(args.link_rate)
     if min(args.np, args.threads, args.iterations, args.window, args.rounds) < 1 or args.warmup < 0:
         p.error("--np, --threads, --iterations, --window and --rounds must be >= 1, --warmup >= 0")
     return args
+
+
+def rate_gbit(rate):
+    """tc's rate ("1gbit", "500mbit", "none") in Gbit/s; None when unshaped or unknown."""
+    import re
+
+    m = re.fullmatch(r"([0-9.]+)([kmgt]?)(bit|bps)", (rate or "").lower())
+    if not m:
+        return None
+    scale = {"": 1e-9, "k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3}[m.group(2)]
+    return float(m.group(1)) * scale * (8 if m.group(3) == "bps" else 1)
 
 
 def main(argv):
@@ -638,6 +861,8 @@ def main(argv):
         die(f"ddp_bench not found at {args.bench}: build it first (cmake --build build --target ddp_bench) "
             "or pass --bench PATH", 2)
     args.mpirun_cmd = shlex.split(args.mpirun)
+    if args.cluster:
+        args.mpirun_cmd = [CLUSTER_SH, "--name", args.cluster, "mpirun"]
     try:
         subprocess.run(args.mpirun_cmd + ["--version"], capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -655,6 +880,9 @@ def main(argv):
           + (f", GPU {info['gpu']}" if info["gpu"] else "") + f"; {info['os']}")
     print(f"torch {info['torch']} (python {info['python']}); {info['mpi']}; MPI settings: {info['mpi_settings']}")
     print(f"command: {info['command']}")
+    if args.cluster:
+        print(f"cluster: {args.cluster}, {args.np} hosts, links {args.link_rate} each way (scripts/cluster.sh); "
+              f"PyTorch ranks launched torchrun-style (env://, gloo on eth0), libddp by mpirun over TCP")
     print(f"settings: models {','.join(args.model_list)}; {args.np} ranks, {args.threads} thread(s) per rank, "
           f"device {args.device}; {args.iterations} timed steps per mode in windows of {args.window}, "
           f"{args.warmup} warm-up; {args.rounds} round(s); bucket_cap_mb {args.bucket_cap_mb:g}; "

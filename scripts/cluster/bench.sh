@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The network-bound benchmark of docs/performance.md ("On a simulated cluster"): one rank
+# per host of a scripts/cluster.sh cluster, one compute thread per rank. At each rate,
+# bench/compare_torch.py --cluster (PyTorch DDP over gloo launched torchrun-style, libddp
+# and its naive loop under mpirun over TCP, alternating A B per round); then the
+# bucket-cap sweep of ddp_bench on the shaped link (CSV + PNG).
+#
+#   scripts/cluster/bench.sh [OUT_DIR]          (default BUILD_DIR/bench-cluster)
+#
+# Settings: RATES ("1gbit 10gbit"), HOSTS (2), MODELS (mlp,resnet), ROUNDS (3),
+# ITERATIONS (30 timed steps per mode), SWEEP_RATE (1gbit; "" skips the sweep),
+# SWEEP_MODEL (mlp), SWEEP_CAPS (0.5,1,2,4,8,16,32), SWEEP_PASSES (2), BUILD_DIR (build).
+# Open MPI: OMPI_MCA_mpi_yield_when_idle=1 and OMPI_MCA_btl_tcp_links=2 unless set
+# (docs/performance.md shows both link counts). Needs root, as scripts/cluster.sh does.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=${BUILD_DIR:-$root/build}
+out=${1:-$build/bench-cluster}
+cluster="$root/scripts/cluster.sh"
+name=bench
+mkdir -p "$out"
+
+export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
+export OMPI_MCA_btl_tcp_links=${OMPI_MCA_btl_tcp_links:-2}
+[ -x "$build/bench/ddp_bench" ] || { echo "bench.sh: no $build/bench/ddp_bench: scripts/build.sh first" >&2; exit 2; }
+
+# Benchmarks share this machine's cores with whatever else runs: say so in the output.
+others() { pgrep -a -x cc1plus | wc -l; }
+note() {
+  echo "[$1] $(date -u +%FT%TZ) load average $(cut -d' ' -f1-3 /proc/loadavg); compilers running: $(others)" \
+    | tee -a "$out/conditions.txt"
+}
+
+trap '"$cluster" --name "$name" down >/dev/null 2>&1 || true' EXIT
+echo "bench.sh: one compute thread per rank (OMP_NUM_THREADS=1, torch::set_num_threads(1)), one rank per host;" \
+     "OMPI_MCA_mpi_yield_when_idle=$OMPI_MCA_mpi_yield_when_idle OMPI_MCA_btl_tcp_links=$OMPI_MCA_btl_tcp_links;" \
+     "libddp $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')" | tee "$out/conditions.txt"
+
+for rate in ${RATES:-1gbit 10gbit}; do
+  "$cluster" --name "$name" --hosts "${HOSTS:-2}" --rate "$rate" up
+  note "compare $rate start"
+  python3 "$root/bench/compare_torch.py" --cluster "$name" --models "${MODELS:-mlp,resnet}" \
+    --rounds "${ROUNDS:-3}" --iterations "${ITERATIONS:-30}" --bench "$build/bench/ddp_bench" \
+    --markdown --json-out "$out/compare_$rate.json" | tee "$out/compare_$rate.md"
+  note "compare $rate end"
+done
+
+if [ -n "${SWEEP_RATE-1gbit}" ]; then
+  rate=${SWEEP_RATE:-1gbit}
+  "$cluster" --name "$name" --hosts "${HOSTS:-2}" --rate "$rate" up
+  note "sweep $rate start"
+  # In-place reduction off, so that every gradient goes through a bucket and the cap
+  # decides the message sizes (with it on, mlp's weights are reduced one by one).
+  "$cluster" --name "$name" mpirun -np "${HOSTS:-2}" --bind-to none "$build/bench/ddp_bench" \
+    --model "${SWEEP_MODEL:-mlp}" --in-place-min-mb 0 --sweep "${SWEEP_CAPS:-0.5,1,2,4,8,16,32}" \
+    --sweep-passes "${SWEEP_PASSES:-2}" --iterations "${SWEEP_ITERATIONS:-20}" --link-dev eth0 \
+    --sweep-out "$out/cluster_bucket_cap_sweep" --sweep-label "${HOSTS:-2} hosts, $rate links" \
+    | tee "$out/sweep_$rate.txt"
+  note "sweep $rate end"
+fi
+echo "bench.sh: results in $out"
