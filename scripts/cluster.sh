@@ -298,6 +298,9 @@ cmd_exec() {
 mpirun_args() { # the options that make mpirun use the cluster and only its network
   local a=() v
   [[ " $* " =~ \ (-H|--host|-host|--hostfile|-hostfile|--machinefile|-machinefile)\  ]] || a+=(--hostfile "$state/hostfile")
+  # Every host would bind its ranks from core 0 up, piling the hosts' ranks onto the same
+  # cores of this one machine: no binding unless the caller asks for one.
+  [[ " $* " =~ \ (--bind-to|-bind-to)\  ]] || a+=(--bind-to none)
   a+=(--mca plm rsh --mca plm_rsh_agent "$state/rsh-agent" --mca plm_rsh_no_tree_spawn 1
     --mca pml ob1 --mca btl tcp,self --mca osc pt2pt
     --mca btl_tcp_if_include "$kSubnet.0/24" --mca oob_tcp_if_include "$kSubnet.0/24")
@@ -364,8 +367,7 @@ cmd_run() {
   if [ "$launch" = mpi ]; then
     local host_list
     host_list=$(for ((i = 0; i < h; i++)); do printf 'node%d:%d,' "$i" "$per_host"; done)
-    setsid "$0" --name "$name" mpirun --host "${host_list%,}" --map-by "ppr:$per_host:node" --bind-to none \
-      -np "$world" "$@" &
+    setsid "$0" --name "$name" mpirun --host "${host_list%,}" --map-by "ppr:$per_host:node" -np "$world" "$@" &
     child_pids+=($!)
   else
     local i j rank vars
