@@ -117,8 +117,15 @@ void Watchdog::fail_all(const std::string& reason, const Work* expired) {
   }
   log(LogLevel::kError, rank_, "{}", reason);
   // Abort first: it ends the kernels that wait on peers, so the streams drain and the
-  // threads blocked on them return; then every waiter gets the reason.
-  if (hooks_.abort) hooks_.abort(reason);
+  // threads blocked on them return; then every waiter gets the reason, whatever the abort
+  // did.
+  if (hooks_.abort) {
+    try {
+      hooks_.abort(reason);
+    } catch (const std::exception& e) {
+      log(LogLevel::kError, rank_, "watchdog of the {}: the abort failed: {}", group_, e.what());
+    }
+  }
   for (const Entry& e : entries) e.work->complete_if_pending(error_for(*e.work, e.work.get() == expired));
 }
 
@@ -138,6 +145,13 @@ size_t Watchdog::in_flight() const {
 }
 
 void Watchdog::run() {
+  if (hooks_.on_thread_start) {
+    try {
+      hooks_.on_thread_start();
+    } catch (const std::exception& e) {
+      log(LogLevel::kError, rank_, "watchdog of the {}: could not start: {}", group_, e.what());
+    }
+  }
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
     wake_.wait_for(lock, interval_, [this] { return stop_; });

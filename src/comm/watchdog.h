@@ -42,6 +42,9 @@ class Watchdog {
     std::function<void(const std::string& reason)> abort;
     // The clock; tests replace it. Empty: steady_clock::now.
     std::function<Clock::time_point()> now;
+    // Runs first on the watchdog thread (NCCL: make the group's device current, so that
+    // the thread's CUDA calls do not create a context on device 0). May be empty.
+    std::function<void()> on_thread_start;
   };
 
   // `group` names the process group in messages (e.g. "NCCL process group on cuda:0").

@@ -44,7 +44,11 @@ HostStaging::HostStaging(std::vector<at::Tensor> tensors, const std::vector<bool
 }
 
 void HostStaging::wait_copied_in() {
-  if (copied_in_) copied_in_->synchronize();
+  if (!copied_in_) return;
+  // On the MPI thread, which has no current device of its own: without this, its CUDA
+  // calls would create a context on device 0.
+  c10::DeviceGuard guard(copied_in_->device());
+  copied_in_->synchronize();
 }
 
 void HostStaging::copy_out() {

@@ -37,8 +37,8 @@ std::string describe_result(ncclResult_t result) {
 }
 
 void throw_nccl_error(const char* call, ncclResult_t result, NcclComm* comm, const char* file, int line) {
-  // NCCL's last-error text is per communicator (or per thread before one exists); read
-  // it before the abort frees the communicator.
+  // NCCL's last-error text (one buffer for the process, so possibly about an earlier
+  // failure); read before the abort.
   const char* global = comm == nullptr ? ncclGetLastError(nullptr) : nullptr;
   const std::string last = comm != nullptr ? comm->last_error() : std::string(global != nullptr ? global : "");
   std::string message = fmt::format("[ddp rank {}] NCCL call {} failed at {}:{}: {}.", detail::world_rank(), call,

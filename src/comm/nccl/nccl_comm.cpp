@@ -66,7 +66,8 @@ NcclComm::NcclComm(int size, const ncclUniqueId& id, int rank, int device_index,
 NcclComm::~NcclComm() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (comm_ == nullptr) return;
-  c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_index_));
+  // NCCL makes the communicator's device current itself in these calls; nothing here may
+  // throw out of a destructor.
   // Finalize flushes what is queued and waits (in the background) for the peers to do
   // the same; a peer that is gone would keep it in progress forever, so it is bounded.
   ncclResult_t rc = ncclCommFinalize(comm_);
@@ -77,8 +78,13 @@ NcclComm::~NcclComm() {
     const ncclResult_t query = ncclCommGetAsyncError(comm_, &rc);
     if (query != ncclSuccess) rc = query;
   }
-  if (rc == ncclSuccess) rc = ncclCommDestroy(comm_);
-  if (rc != ncclSuccess) {
+  if (rc == ncclSuccess) {
+    // Destroy frees the communicator even when it reports an error: never abort after it.
+    rc = ncclCommDestroy(comm_);
+    if (rc != ncclSuccess) {
+      detail::log(detail::LogLevel::kWarn, rank_, "ncclCommDestroy on cuda:{}: {}", device_index_, describe_result(rc));
+    }
+  } else {
     detail::log(detail::LogLevel::kWarn, rank_, "NCCL communicator on cuda:{} did not shut down cleanly ({}); aborting it",
                 device_index_, rc == ncclInProgress ? "still in progress after the timeout" : describe_result(rc));
     (void)ncclCommAbort(comm_);
@@ -126,7 +132,8 @@ bool NcclComm::abort_locked(const std::string& reason) {
   abort_reason_ = reason;
   aborted_.store(true, std::memory_order_release);
   if (comm_ == nullptr) return true;
-  c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device_index_));
+  // Nothing that can throw before the abort (NCCL makes the device current itself): a
+  // communicator marked aborted but left running would hang its kernels for good.
   const ncclResult_t rc = ncclCommAbort(comm_);
   comm_ = nullptr;
   detail::log(detail::LogLevel::kError, rank_, "NCCL communicator aborted{}: {}",

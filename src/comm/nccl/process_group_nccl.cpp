@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <fmt/format.h>
 
+#include <optional>
 #include <thread>
 
 #include <ddp/error.h>
@@ -17,6 +18,7 @@
 #include "comm/nccl/work_nccl.h"
 #include "comm/watchdog.h"
 #include "common/logging.h"
+#include "common/timeouts.h"
 
 namespace ddp::nccl {
 namespace {
@@ -53,6 +55,7 @@ ProcessGroupNCCL::ProcessGroupNCCL(int rank, int size, c10::Device device, const
     return fmt::format("NCCL reports {}{}", describe_result(async), last.empty() ? "" : fmt::format(" (\"{}\")", last));
   };
   hooks.abort = [comm = comm_](const std::string& reason) { comm->abort(reason); };
+  hooks.on_thread_start = [index = device_.index()] { c10::cuda::set_device(index); };
   watchdog_ = std::make_unique<detail::Watchdog>(fmt::format("NCCL process group on {}", device_.str()), rank_,
                                                   std::move(hooks), kWatchdogInterval);
   detail::log(detail::LogLevel::kInfo, rank_, "NCCL process group of {} ranks on {} (NCCL {}.{}.{})", size_,
@@ -65,8 +68,15 @@ ProcessGroupNCCL::~ProcessGroupNCCL() {
   if (comm_->aborted()) return;
   // Drain the communication stream, watching for a dead peer, so that destroying the
   // communicator never waits forever.
-  const auto deadline = std::chrono::steady_clock::now() + timeout();
-  c10::cuda::CUDAGuard guard(device_);
+  const auto deadline = detail::deadline_after(timeout());
+  std::optional<c10::cuda::CUDAGuard> guard;
+  try {
+    guard.emplace(device_);
+  } catch (const std::exception& e) {
+    comm_->abort(fmt::format("[ddp rank {}] the NCCL process group on {} was destroyed after a CUDA error: {}", rank_,
+                             device_.str(), e.what()));
+    return;
+  }
   for (;;) {
     const cudaError_t status = cudaStreamQuery(comm_stream_.stream());
     if (status == cudaSuccess) break;

@@ -33,6 +33,8 @@ bool WorkNCCL::is_completed() const {
         description_, comm_->abort_reason()))));
     return true;
   }
+  // Any thread may ask (the watchdog's has no current device of its own).
+  c10::cuda::CUDAGuard guard(device_);
   const cudaError_t status = cudaEventQuery(end_event_.event());
   if (status == cudaSuccess) {
     self->complete_if_pending(nullptr);
@@ -63,6 +65,7 @@ void WorkNCCL::wait_on_host(std::chrono::milliseconds timeout) {
   for (;;) {
     if (is_completed()) return;
     const ncclResult_t async = comm_->async_error();
+    if (comm_->aborted()) continue; // aborted meanwhile: is_completed() reports the abort's reason
     if (async != ncclSuccess && async != ncclInProgress) {
       const std::string last = comm_->last_error();
       fail<CommError>(fmt::format("[ddp rank {}] collective #{} ({}) failed: NCCL reports {}{}.", rank_, sequence_,
