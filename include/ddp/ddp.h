@@ -6,6 +6,7 @@
 #include <ddp/distributed_data_parallel.h>
 #include <ddp/error.h>
 #include <ddp/init.h>
+#include <ddp/join.h>
 #include <ddp/no_sync_guard.h>
 #include <ddp/options.h>
 #include <ddp/output_tensors.h>

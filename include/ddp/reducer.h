@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -68,6 +69,21 @@ class Reducer {
   // false while a no_sync() guard is alive: gradients accumulate locally.
   bool require_sync() const;
   void set_require_sync(bool require_sync);
+
+  // Reads every pending result of the deferred step check (Options::step_check), waiting
+  // for them, and throws what they show (ReductionError, CommError); nothing to do in
+  // strict mode. Call it before saving a checkpoint: with the deferred check a failure in
+  // the last steps shows only at the next reducer call, or in a log line at destruction.
+  void synchronize();
+
+  // ddp::Join's side of the reducer (include/ddp/join.h; docs/semantics.md): from
+  // arm_join() on, each training forward first agrees with every rank on which ranks still
+  // have data; join() shadows the active ranks' steps until every rank has joined, then
+  // every rank takes the last active rank's `final_state` (parameters and buffers);
+  // `buffers` yields the module's buffers for the broadcasts it shadows.
+  void arm_join(bool throw_on_early_termination, bool divide_by_initial_world_size);
+  void disarm_join();
+  void join(const std::function<std::vector<at::Tensor>()>& buffers, const std::vector<at::Tensor>& final_state);
 
   // Names of the parameters that received no gradient on any rank in the last
   // synchronised iteration (their .grad was left untouched).

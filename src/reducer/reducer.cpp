@@ -2,6 +2,9 @@
 
 #include <ddp/error.h>
 
+#include <exception>
+
+#include "common/logging.h"
 #include "reducer/reducer_impl.h"
 
 namespace ddp {
@@ -24,6 +27,23 @@ void Reducer::sync_module_state(const std::vector<at::Tensor>& tensors) { impl_-
 bool Reducer::manages(const at::Tensor& tensor) const { return impl_->manages(tensor); }
 bool Reducer::require_sync() const { return impl_->require_sync; }
 void Reducer::set_require_sync(bool require_sync) { impl_->require_sync = require_sync; }
+void Reducer::synchronize() { impl_->settle_reads(); }
+
+namespace detail {
+void log_join_failure(const Reducer& reducer, const std::exception& error); // include/ddp/join.h
+void log_join_failure(const Reducer& reducer, const std::exception& error) {
+  detail::log(detail::LogLevel::kError, reducer.process_group()->rank(),
+              "ddp::Join could not complete when it went out of scope (call join() to get this as an exception): {}",
+              error.what());
+}
+} // namespace detail
+void Reducer::arm_join(bool throw_on_early_termination, bool divide_by_initial_world_size) {
+  impl_->arm_join(throw_on_early_termination, divide_by_initial_world_size);
+}
+void Reducer::disarm_join() { impl_->disarm_join(); }
+void Reducer::join(const std::function<std::vector<at::Tensor>()>& buffers, const std::vector<at::Tensor>& final_state) {
+  impl_->join(buffers, final_state);
+}
 std::vector<std::string> Reducer::unused_parameters() const {
   impl_->settle_reads(); // a deferred step check reads the last backward's flags now
   return impl_->unused_names(/*global=*/true);

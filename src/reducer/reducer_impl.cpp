@@ -1,6 +1,7 @@
 #include "reducer/reducer_impl.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
@@ -113,6 +114,10 @@ std::vector<detail::ConsistencyItem> construction_items(const Options& o, const 
       {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view ? "true" : "false"},
       {Kind::kOption, "broadcast_buffers", o.broadcast_buffers ? "true" : "false"},
       {Kind::kOption, "static_graph", o.static_graph ? "true" : "false"},
+      // Strict and deferred ranks would go on differently after a rank's error.
+      {Kind::kOption, "step_check",
+       o.step_check == Options::StepCheck::kAuto ? "auto" : (o.step_check == Options::StepCheck::kStrict ? "strict"
+                                                                                                         : "deferred")},
   };
   for (const auto& [name, t] : parameters) {
     items.push_back({Kind::kParameter, name, t.defined() ? detail::describe_tensor(t, !t.requires_grad()) : "undefined"});
@@ -235,6 +240,7 @@ Reducer::Impl::Impl(NamedParameters parameters, const NamedParameters& all_param
   last_used_by_.assign(n, world_size_);
   last_local_used_.assign(n, 1);
   scale_ = at::scalar_tensor(1.0 / world_size_, at::TensorOptions().dtype(at::kDouble));
+  scale_value_ = 1.0 / world_size_;
   // The flags and the header travel on the group's device; host mirrors are filled and
   // read without allocating per iteration.
   used_local_ = at::zeros({static_cast<int64_t>(n) + 1}, at::TensorOptions().dtype(at::kByte).device(comm_device_));
@@ -267,13 +273,17 @@ Reducer::Impl::~Impl() {
                 "Keep the wrapper alive until backward() returns.",
                 step_);
   }
-  // Deferred results that have arrived: an out-of-step peer is reported (and no goodbye
-  // is sent into a group that is out of step).
+  // Every deferred result is read (bounded: a collective that hangs is aborted by the
+  // group's watchdog): a failure in the last steps is at least reported, and no goodbye is
+  // sent into a group that is out of step. Reducer::synchronize() raises it instead.
   if (deferred_ && broken_.empty()) {
     try {
-      drain_reads(/*block=*/false);
+      drain_reads(/*block=*/true);
     } catch (const std::exception& e) {
-      detail::log(detail::LogLevel::kWarn, rank_, "at the reducer's destruction: {}", e.what());
+      detail::log(detail::LogLevel::kError, rank_,
+                  "the last training steps did not complete correctly (found when the reducer was destroyed; call "
+                  "Reducer::synchronize() before saving a checkpoint to get this as an exception): {}",
+                  e.what());
     }
   }
   // A backward that raised and was never followed by another forward: complete its
@@ -436,6 +446,9 @@ std::string Reducer::Impl::describe_header(const int64_t* record) const {
     case Section::kFinished:
       return fmt::format("finished: its DistributedDataParallel (Reducer) was destroyed after training step {}",
                          record[1]);
+    case Section::kJoin:
+      return fmt::format("agreeing on the ranks that still have data (ddp::Join) before training step {}",
+                         record[1] + 1);
   }
   return fmt::format("in an unknown section {} (not a libddp collective: a collective of the application's own?)",
                      record[0]);
@@ -517,11 +530,13 @@ void Reducer::Impl::check_header_records(const int64_t* a) {
       rank_prefix(), states, cause));
 }
 
-void Reducer::Impl::fail_out_of_step(std::string message) {
+void Reducer::Impl::fail_out_of_step(std::string message, bool paired_wrongly) {
   broken_ = std::move(message);
-  // Deferred: collectives issued after the mismatch may be paired with the wrong ones
-  // and never complete; end them, so that no stream or exit waits on them.
-  if (deferred_) {
+  // Deferred: collectives issued after a header mismatch may be paired with the wrong
+  // ones and never complete; end them, so that no stream or exit waits on them. Not after
+  // a rank's bad status: its collectives paired correctly, and aborting at once could cut
+  // a peer's part of the same exchange short.
+  if (deferred_ && paired_wrongly) {
     try {
       process_group->abort(broken_);
     } catch (const std::exception& e) {
@@ -550,14 +565,18 @@ std::shared_ptr<Work> Reducer::Impl::gather_deferred(PendingRead::Kind kind, con
   auto work = process_group->allgather(rows, local);
   PendingRead read{kind, work, all, all, nullptr, step_, iteration_};
   if (comm_device_.is_cuda()) {
-    // The host copy follows the gather on the current stream; the event says when it is
-    // there. Nothing here waits.
+    // The host copy follows the gather on a side stream, and the event says when it is
+    // there: nothing waits, neither the host nor the backward's stream (a stream wait
+    // there would hold the backward's kernels until every rank's header arrived). `all`
+    // stays alive in the read until the event has fired.
+    const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
+    const c10::Stream side = cuda.getStreamFromGlobalPool(comm_device_, /*isHighPriority=*/false);
+    c10::StreamGuard on_side(side);
     work->wait();
     read.host = at::empty(all.sizes(), all.options().device(at::kCPU).pinned_memory(true));
     read.host.copy_(all, /*non_blocking=*/true);
-    const c10::impl::VirtualGuardImpl cuda(c10::DeviceType::CUDA);
     read.copied = std::make_shared<c10::Event>(c10::DeviceType::CUDA);
-    read.copied->record(cuda.getStream(comm_device_));
+    read.copied->record(side);
   }
   pending_reads_.push_back(std::move(read));
   return work;
@@ -623,7 +642,7 @@ void Reducer::Impl::check_flags(const PendingRead& read) {
         "this rank had already written that step's gradients, averaged with an incomplete contribution, and an "
         "optimizer step taken with them may differ across ranks. The reducer stops on every rank: restart from the "
         "last checkpoint. With DDP_STEP_CHECK=strict such a step is recoverable, at one host synchronisation per step.",
-        rank_prefix(), read.step, who));
+        rank_prefix(), read.step, who), /*paired_wrongly=*/false);
   }
   if (options.static_graph && learned_static_) used_by = static_used_by_;
   if (read.iteration >= used_by_iteration_) {
@@ -674,7 +693,15 @@ void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lo
   try {
     if (world_size_ > 1) {
       if (!header_verified_) {
-        if (!header_work_) throw_if_broken();
+        throw_if_broken();
+        if (!header_work_) {
+          // Its header was never issued (issuing it failed): the peers may have issued
+          // theirs, so the section cannot be completed alike on every rank.
+          broken_ = fmt::format("{} the backward of training step {} was interrupted before its section header could be "
+                                "issued ({}); the ranks are out of step: restart from the last checkpoint.",
+                                rank_prefix(), step, cause);
+          throw ReductionError(broken_);
+        }
         verify_header(); // a late peer may have arrived since; throws (broken) if out of step
       }
       complete_interrupted_section();
@@ -747,8 +774,164 @@ void Reducer::Impl::prepare_for_forward() {
   }
   phase_ = Phase::kIdle;
   extra_backward_ = false;
+  if (join_armed_ && world_size_ > 1) {
+    const auto flags = exchange_join(/*active=*/true);
+    std::string joined;
+    int active = 0;
+    for (int r = 0; r < world_size_; ++r) {
+      if (flags[static_cast<size_t>(r)].first) {
+        active += 1;
+        authoritative_rank_ = r; // the highest active rank, as in PyTorch
+      } else {
+        joined += fmt::format("{}{}", joined.empty() ? "" : ",", r);
+      }
+    }
+    if (!joined.empty() && join_throw_on_early_termination_) {
+      join_armed_ = false;
+      join_terminated_ = true;
+      set_divisor(world_size_);
+      throw ReductionError(fmt::format(
+          "{} rank(s) {} ran out of inputs before training step {} (ddp::Join with throw_on_early_termination): "
+          "every rank raises this at the same step. Catch it on every rank to end the epoch, or set "
+          "throw_on_early_termination = false to let the ranks with data go on.",
+          rank_prefix(), joined, step_ + 1));
+    }
+    set_divisor(join_divide_by_initial_world_size_ ? world_size_ : active);
+  }
   step_ += 1;
   rebuild_buckets_if_due();
+}
+
+void Reducer::Impl::set_divisor(int divisor) {
+  const double value = 1.0 / divisor;
+  if (value == scale_value_) return;
+  scale_value_ = value;
+  scale_.fill_(value);
+}
+
+std::vector<std::pair<bool, bool>> Reducer::Impl::exchange_join(bool active) {
+  const int64_t record[3] = {static_cast<int64_t>(Section::kJoin), step_,
+                             (active ? 1 : 0) | (active && require_sync ? 2 : 0)};
+  at::Tensor local = to_comm_device(at::from_blob(const_cast<int64_t*>(record), {3}, at::kLong));
+  at::Tensor all = at::empty({world_size_, 3}, local.options());
+  std::vector<at::Tensor> rows;
+  for (int r = 0; r < world_size_; ++r) rows.push_back(all[r]);
+  const auto start = Clock::now();
+  process_group->allgather(rows, local)->wait(timeout());
+  stats.collectives += 1;
+  at::Tensor host = all.cpu();
+  stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
+  const int64_t* a = host.data_ptr<int64_t>();
+  bool aligned = true;
+  for (int r = 0; r < world_size_; ++r) {
+    aligned = aligned && a[3 * r] == static_cast<int64_t>(Section::kJoin) && a[3 * r + 1] == step_;
+  }
+  if (!aligned) {
+    std::string states;
+    for (int r = 0; r < world_size_; ++r) {
+      states += fmt::format("{}rank {} is {}", r ? "; " : "", r, describe_header(a + 3 * r));
+    }
+    fail_out_of_step(fmt::format(
+        "{} the ranks are out of step: {}. ddp::Join must be used on every rank, around the same training loop, "
+        "and every rank must run the same forwards until it joins; restart from the last checkpoint.",
+        rank_prefix(), states));
+  }
+  std::vector<std::pair<bool, bool>> flags;
+  for (int r = 0; r < world_size_; ++r) flags.emplace_back((a[3 * r + 2] & 1) != 0, (a[3 * r + 2] & 2) != 0);
+  return flags;
+}
+
+void Reducer::Impl::arm_join(bool throw_on_early_termination, bool divide_by_initial_world_size) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  throw_if_broken();
+  join_armed_ = true;
+  join_terminated_ = false;
+  join_throw_on_early_termination_ = throw_on_early_termination;
+  join_divide_by_initial_world_size_ = divide_by_initial_world_size;
+}
+
+void Reducer::Impl::disarm_join() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  join_armed_ = false;
+  set_divisor(world_size_);
+}
+
+void Reducer::Impl::join(const std::function<std::vector<at::Tensor>()>& buffers,
+                         const std::vector<at::Tensor>& final_state) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  throw_if_broken();
+  if (!join_armed_) {
+    // Every rank already raised the early termination: there is nothing left to join.
+    if (join_terminated_) return;
+    throw ReductionError(fmt::format("{} join() without an enabled ddp::Join on this reducer", rank_prefix()));
+  }
+  if (world_size_ == 1) {
+    join_armed_ = false;
+    return;
+  }
+  if (phase_ == Phase::kBackward) settle_interrupted_backward(lock);
+  if (phase_ == Phase::kArmed || phase_ == Phase::kArmedNoSync) reset_iteration(); // a forward never backpropagated
+  if (deferred_) drain_reads(/*block=*/true);
+  // Shadow the active ranks, one of their training steps per round: the same sections,
+  // headers included (the same step and broadcast counts), the buckets with zeros and
+  // "used nothing" flags, so that their collectives pair up and nothing of this rank
+  // enters their averages.
+  for (;;) {
+    const auto flags = exchange_join(/*active=*/false);
+    int active = 0;
+    bool reduces = false;
+    for (int r = 0; r < world_size_; ++r) {
+      if (!flags[static_cast<size_t>(r)].first) continue;
+      active += 1;
+      reduces = reduces || flags[static_cast<size_t>(r)].second;
+      authoritative_rank_ = r;
+    }
+    if (active == 0) break;
+    if (join_throw_on_early_termination_) {
+      join_armed_ = false;
+      join_terminated_ = true;
+      set_divisor(world_size_);
+      throw ReductionError(fmt::format(
+          "{} this rank ran out of inputs before training step {} while {} rank(s) still had data (ddp::Join with "
+          "throw_on_early_termination): every rank raises this at the same step.",
+          rank_prefix(), step_ + 1, active));
+    }
+    // What the active ranks' prepare_for_forward does.
+    phase_ = Phase::kIdle;
+    extra_backward_ = false;
+    step_ += 1;
+    rebuild_buckets_if_due();
+    if (options.broadcast_buffers) {
+      std::vector<at::Tensor> tensors = buffers();
+      if (!tensors.empty()) {
+        exchange_header(Section::kModuleState);
+        state_syncs_ += 1;
+        lock.unlock();
+        broadcast_coalesced(*process_group, tensors, authoritative_rank_);
+        lock.lock();
+      }
+    }
+    if (!reduces) continue; // a no_sync() step on the active ranks
+    phase_ = Phase::kArmed;
+    begin_backward(Clock::now(), /*queue_finalize=*/false);
+    shadowing_ = true;
+    lock.unlock();
+    try {
+      finalize(); // every slot zero: this rank used no parameter
+    } catch (...) {
+      lock.lock();
+      shadowing_ = false;
+      throw;
+    }
+    lock.lock();
+    shadowing_ = false;
+  }
+  // Every rank has joined: all take the last active rank's parameters and buffers, so that
+  // they leave in the same state (a joined rank did not step its optimizer meanwhile).
+  join_armed_ = false;
+  set_divisor(world_size_);
+  lock.unlock();
+  broadcast_coalesced(*process_group, final_state, authoritative_rank_);
 }
 
 void Reducer::Impl::sync_module_state(const std::vector<at::Tensor>& tensors) {
@@ -764,8 +947,9 @@ void Reducer::Impl::sync_module_state(const std::vector<at::Tensor>& tensors) {
   if (deferred_) drain_reads(/*block=*/!comm_device_.is_cuda());
   exchange_header(Section::kModuleState);
   state_syncs_ += 1;
+  const int root = authoritative_rank_; // 0, or the last active rank under ddp::Join
   lock.unlock();
-  broadcast_coalesced(*process_group, tensors, /*root=*/0);
+  broadcast_coalesced(*process_group, tensors, root);
 }
 
 void Reducer::Impl::prepare_for_backward(const std::vector<at::Tensor>& outputs) {
@@ -820,7 +1004,7 @@ void Reducer::Impl::queue_finalize() {
   });
 }
 
-void Reducer::Impl::begin_backward(Clock::time_point start) {
+void Reducer::Impl::begin_backward(Clock::time_point start, bool queue) {
   phase_ = Phase::kBackward;
   backward_start_ = start;
   interrupted_cause_.clear();
@@ -833,7 +1017,7 @@ void Reducer::Impl::begin_backward(Clock::time_point start) {
   // exchange runs on the communication thread while the backward computes, and nothing of
   // this section is launched before every rank is known to be at the same step.
   exchange_header(Section::kReduction, /*wait=*/false);
-  queue_finalize();
+  if (queue) queue_finalize();
 }
 
 void Reducer::Impl::verify_reduction_header() {
@@ -961,7 +1145,7 @@ void Reducer::Impl::copy_gradient_to_slot(size_t index) {
     if (world_size_ > 1) view.mul_(scale_);
   } else {
     // Copy and pre-divide in one pass.
-    detail::copy_scaled(view, grad, 1.0 / world_size_, scale_);
+    detail::copy_scaled(view, grad, scale_value_, scale_);
   }
 }
 
@@ -1055,7 +1239,8 @@ void Reducer::Impl::finalize() {
   last_local_used_.swap(local_used_);
   std::fill(local_used_.begin(), local_used_.end(), 0);
   const std::vector<char>& local_used = last_local_used_;
-  if (options.static_graph && learned_static_) {
+  // A Join shadow uses no parameter by design: not a changed static graph.
+  if (options.static_graph && learned_static_ && !shadowing_) {
     for (size_t i = 0; i < n; ++i) {
       if (static_local_used_[i] && !local_used[i]) {
         record_error(fmt::format(

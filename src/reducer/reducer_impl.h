@@ -37,6 +37,14 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void register_hooks();
 
   void prepare_for_forward();
+  // ddp::Join (include/ddp/join.h, docs/semantics.md "Uneven inputs: Join").
+  void arm_join(bool throw_on_early_termination, bool divide_by_initial_world_size);
+  void disarm_join();
+  // This rank is out of data: shadows the active ranks' steps until every rank has
+  // joined, then every rank takes the authoritative rank's `final_state` (parameters and
+  // buffers). `buffers` yields the module's buffers for the shadowed broadcasts.
+  void join(const std::function<std::vector<at::Tensor>()>& buffers, const std::vector<at::Tensor>& final_state);
+  bool join_armed() const { return join_armed_; }
   void prepare_for_backward(const std::vector<at::Tensor>& outputs);
   void sync_module_state(const std::vector<at::Tensor>& tensors);
   bool manages(const at::Tensor& tensor) const;
@@ -99,6 +107,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
     kModuleState = 1, // broadcasting buffers before a forward
     kReduction = 2,   // reducing the gradients of one backward
     kFinished = 3,    // this rank's reducer is being destroyed (it finished training)
+    kJoin = 4,        // ddp::Join: agreeing on which ranks still have data (third field: flags)
   };
   // X's status byte, after the used flags: did this rank's backward go right?
   enum Status : uint8_t { kOk = 0, kLocalError = 1, kAbandoned = 2 };
@@ -115,8 +124,15 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Waits for header_work_ and compares the records (the second half of exchange_header).
   void verify_header();
   std::string describe_header(const int64_t* record) const;
-  // The first hook or the outputs' pre-hook of a synchronised backward: header, finalize.
-  void begin_backward(Clock::time_point start);
+  // The first hook or the outputs' pre-hook of a synchronised backward: header, finalize
+  // (queued on the autograd engine unless `queue_finalize`: a Join shadow calls it).
+  void begin_backward(Clock::time_point start, bool queue_finalize = true);
+  // ddp::Join: the ranks' {active, reduces this step} flags, one exchange (a record of a
+  // header's shape, so a rank without Join pairs it with a header and is named). Caller
+  // holds mutex_; waits on the host.
+  std::vector<std::pair<bool, bool>> exchange_join(bool active);
+  // Sets the pre-division of the gradients (1 / the number of ranks averaged over).
+  void set_divisor(int divisor);
   // Completes a backward section that an exception interrupted (before finalize), so every
   // rank has issued the same collectives again, then throws what happened. Caller holds
   // mutex_ (released while waiting).
@@ -160,7 +176,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void wait_ordered(Work& work) const;
   // Marks the reducer broken with `message`, gives up on the group's collectives in flight
   // (deferred mode: some may never complete) and throws ReductionError.
-  [[noreturn]] void fail_out_of_step(std::string message);
+  // `paired_wrongly`: collectives may have paired with the wrong ones (a header mismatch).
+  [[noreturn]] void fail_out_of_step(std::string message, bool paired_wrongly = true);
   std::string ranks_with(const std::vector<uint8_t>& statuses, uint8_t status) const;
   // Marks parameter i ready without a gradient hook: its accumulated gradient if it was
   // used under no_sync(), else zeros. Caller holds mutex_.
@@ -227,6 +244,15 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Deferred step check (Options::StepCheck, docs/semantics.md).
   static constexpr size_t kMaxPendingReads = 8;
   const bool deferred_;
+
+  // ddp::Join.
+  bool join_armed_ = false;
+  bool join_terminated_ = false;
+  bool shadowing_ = false;        // finalize runs a Join shadow step (no parameter used here)  // throw_on_early_termination raised: join() has nothing to do
+  bool join_throw_on_early_termination_ = false;
+  bool join_divide_by_initial_world_size_ = true;
+  int authoritative_rank_ = 0;    // the root of buffer broadcasts and of Join's final state
+  double scale_value_ = 1.0;      // 1 / divisor, as scale_ holds it
   std::deque<PendingRead> pending_reads_;
   int64_t used_by_iteration_ = -1; // the iteration last_used_by_ describes
 
