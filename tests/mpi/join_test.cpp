@@ -186,3 +186,24 @@ TEST_CASE("Join: throw_on_early_termination raises on every rank at the same ste
   for (const auto& p : local->parameters()) CHECK(ddp::test::identical_across_ranks(p.grad()));
   (void)n;
 }
+
+TEST_CASE("Join on some ranks only: every rank names the mismatch instead of hanging", "[join]") {
+  auto pg = ddp::test::world_ptr();
+  const int r = pg->rank();
+  torch::manual_seed(6);
+  ddp::test::Mlp local;
+  ddp::DistributedDataParallel model(local, pg, ddp::test::test_options());
+  std::string error;
+  {
+    std::unique_ptr<ddp::Join<ddp::test::MlpImpl>> join;
+    if (r == 1) join = std::make_unique<ddp::Join<ddp::test::MlpImpl>>(model);
+    try {
+      auto [x, y] = batch_of(9, r, 0);
+      torch::nn::functional::cross_entropy(model(x), y).backward();
+    } catch (const ddp::ReductionError& e) {
+      error = e.what();
+    }
+  }
+  CAPTURE(error);
+  CHECK_THAT(error, Contains("out of step") && Contains("ddp::Join"));
+}
