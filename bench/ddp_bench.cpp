@@ -59,6 +59,8 @@ struct Config {
       "usage: mpirun -np N ddp_bench [options]\n"
       "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet (not in all)\n"
       "  --mode MODE[,MODE]      local (no DDP), ddp, ddp_fu (ddp with find_unused_parameters),\n"
+      "                          ddp_join (ddp inside an enabled ddp::Join that no rank leaves:\n"
+      "                          the cost of Join's per-step agreement),\n"
       "                          naive (per-parameter all-reduce after backward) (default: local,ddp,naive)\n"
       "  --iterations N          timed steps per mode (default 30)\n"
       "  --warmup N              untimed steps per mode first (default 5)\n"
@@ -131,8 +133,8 @@ Config parse(int argc, char** argv) {
     usage(2);
   }
   for (const auto& m : c.modes) {
-    if (m != "local" && m != "ddp" && m != "ddp_fu" && m != "naive") {
-      std::fprintf(stderr, "ddp_bench: unknown mode '%s' (local, ddp, ddp_fu, naive)\n", m.c_str());
+    if (m != "local" && m != "ddp" && m != "ddp_fu" && m != "ddp_join" && m != "naive") {
+      std::fprintf(stderr, "ddp_bench: unknown mode '%s' (local, ddp, ddp_fu, ddp_join, naive)\n", m.c_str());
       usage(2);
     }
   }
@@ -147,6 +149,9 @@ double percentile(std::vector<double> v, double q) {
   const size_t hi = std::min(lo + 1, v.size() - 1);
   return v[lo] + (v[hi] - v[lo]) * (pos - lo);
 }
+
+// The modes that train through DistributedDataParallel.
+bool is_ddp_mode(const std::string& mode) { return mode == "ddp" || mode == "ddp_fu" || mode == "ddp_join"; }
 
 double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
@@ -220,11 +225,23 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
     for (const auto& p : (*net)->parameters()) {
       if (p.requires_grad()) t.parameter_bytes += p.numel() * p.element_size();
     }
-    if (mode == "ddp" || mode == "ddp_fu") {
+    if (is_ddp_mode(mode)) {
       ddp::Options mode_options = options;
       if (mode == "ddp_fu") mode_options.find_unused_parameters = true;
       auto model = std::make_shared<ddp::DistributedDataParallel<typename Holder::Impl>>(net->ptr(), pg, mode_options);
       keep.push_back(model);
+      if (mode == "ddp_join") {
+        // Armed for the whole run and joined when `keep` is released (every rank at once):
+        // each step pays Join's agreement on the active ranks. Destroyed before the model.
+        struct Joined {
+          std::shared_ptr<void> model;
+          std::unique_ptr<ddp::Join<typename Holder::Impl>> join;
+        };
+        auto joined = std::make_shared<Joined>();
+        joined->join = std::make_unique<ddp::Join<typename Holder::Impl>>(*model);
+        joined->model = model;
+        keep.push_back(joined);
+      }
       t.step = [model, opt, input, loss_fn](int i) {
         opt->zero_grad();
         loss_fn((*model)(input), i).backward();
@@ -561,7 +578,7 @@ int main(int argc, char** argv) {
     const Result* ddp_r = nullptr;
     for (const auto& r : results) {
       if (r.mode == "local") local = &r;
-      if (r.mode == "ddp" || (r.mode == "ddp_fu" && ddp_r == nullptr)) ddp_r = &r;
+      if (r.mode == "ddp" || (is_ddp_mode(r.mode) && ddp_r == nullptr)) ddp_r = &r;
     }
     double raw_ms = -1, bucketed_ms = -1;
     if (ddp_r != nullptr) {
@@ -574,7 +591,7 @@ int main(int argc, char** argv) {
                   "samples/s", "overhead", "MiB/step", "buckets", "hooks ms", "finalize ms", "walk ms", "hidden %");
       for (const auto& r : results) {
         const double overhead = local ? (r.median_ms / local->median_ms - 1.0) * 100.0 : 0.0;
-        const bool reducer = r.mode == "ddp" || r.mode == "ddp_fu";
+        const bool reducer = is_ddp_mode(r.mode);
         auto cell = [reducer](double v, const char* f) { return reducer ? fmt::format(fmt::runtime(f), v) : "-"; };
         std::printf("%-6s %10.2f %9.2f %11.0f %9.0f%% %10.2f %8s %9s %11s %8s %9s\n", r.mode.c_str(), r.median_ms,
                     r.p90_ms, r.samples_per_s, overhead, r.bytes_per_step / 1048576.0,
@@ -583,7 +600,7 @@ int main(int argc, char** argv) {
                     reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-");
       }
       for (const auto& r : results) {
-        if ((r.mode == "ddp" || r.mode == "ddp_fu") && r.median_ms > 0) {
+        if (is_ddp_mode(r.mode) && r.median_ms > 0) {
           std::printf("step check (%s): %.3f ms per step keeping the ranks in step (section headers, parameter "
                       "checks) = %.2f%% of the step\n",
                       r.mode.c_str(), r.step_check_ms, 100.0 * r.step_check_ms / r.median_ms);
