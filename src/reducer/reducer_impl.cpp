@@ -49,6 +49,22 @@ class BackwardStartHook : public torch::autograd::FunctionPreHook {
   std::weak_ptr<Reducer::Impl> reducer_;
 };
 
+// Adds the time from its construction to its destruction to a nanosecond counter of
+// ReducerStats, however the scope is left.
+class ScopedTimer {
+ public:
+  explicit ScopedTimer(int64_t& total_ns) : total_ns_(total_ns), start_(std::chrono::steady_clock::now()) {}
+  ~ScopedTimer() {
+    total_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
+  }
+  ScopedTimer(const ScopedTimer&) = delete;
+  ScopedTimer& operator=(const ScopedTimer&) = delete;
+
+ private:
+  int64_t& total_ns_;
+  const std::chrono::steady_clock::time_point start_;
+};
+
 std::string timeline_path_for(const std::string& path, int rank) {
   const auto slash = path.find_last_of('/');
   const auto dot = path.find_last_of('.');
@@ -487,12 +503,7 @@ void Reducer::Impl::exchange_header(Section section, bool wait) {
 void Reducer::Impl::verify_header() {
   // Timed as the cost of the check: the wait includes any skew between the ranks, which
   // the first collective of the section would otherwise absorb, so this is an upper bound.
-  const auto start = Clock::now();
-  struct Timer {
-    ReducerStats& stats;
-    Clock::time_point start;
-    ~Timer() { stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(); }
-  } timer{stats, start};
+  const ScopedTimer timer(stats.step_check_ns);
   header_work_->wait(timeout());
   header_work_.reset();
   at::Tensor all = header_all_.is_cpu() ? header_all_ : header_all_.cpu();
@@ -583,12 +594,7 @@ std::shared_ptr<Work> Reducer::Impl::gather_deferred(PendingRead::Kind kind, con
 }
 
 void Reducer::Impl::drain_reads(bool block) {
-  const auto start = Clock::now();
-  struct Timer {
-    ReducerStats& stats;
-    Clock::time_point start;
-    ~Timer() { stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count(); }
-  } timer{stats, start};
+  const ScopedTimer timer(stats.step_check_ns);
   while (!pending_reads_.empty()) {
     PendingRead& front = pending_reads_.front();
     const bool arrived = front.copied ? front.copied->query() : front.work->is_completed();

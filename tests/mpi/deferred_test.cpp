@@ -5,9 +5,8 @@
 // gradient_test.cpp, and misuse in pairs of ranks: an error on every rank, never a hang.
 #include <catch2/catch.hpp>
 
-#include <torch/csrc/autograd/custom_function.h>
-
 #include "models.h"
+#include "throw_in_backward.h"
 #include "world.h"
 
 using Catch::Contains;
@@ -23,22 +22,8 @@ ddp::Options deferred_options() {
 
 std::string rank_tag(int r) { return "[ddp rank " + std::to_string(r) + "]"; }
 
-struct Injected : std::runtime_error {
-  Injected() : std::runtime_error("injected by the test") {}
-};
-
-// Passes x through; its backward throws where `armed`.
-struct ThrowInBackward : torch::autograd::Function<ThrowInBackward> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, bool armed) {
-    ctx->saved_data["armed"] = armed;
-    return x.clone();
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    if (ctx->saved_data["armed"].toBool()) throw Injected();
-    return {grads[0], torch::Tensor()};
-  }
-};
+using ddp::test::Injected;
+using ddp::test::ThrowInBackward;
 
 struct TwoLayerImpl : torch::nn::Module {
   TwoLayerImpl() {

@@ -10,6 +10,7 @@
 #include <functional>
 
 #include "capture_stderr.h"
+#include "throw_in_backward.h"
 #include "common/logging.h"
 #include "models.h"
 #include "world.h"
@@ -27,10 +28,8 @@ ddp::Options short_timeout() {
 
 std::string rank_tag(int r) { return "[ddp rank " + std::to_string(r) + "]"; }
 
-// The one exception the tests inject, so that a libddp error is never swallowed by mistake.
-struct Injected : std::runtime_error {
-  Injected() : std::runtime_error("injected by the test") {}
-};
+using ddp::test::Injected;
+using ddp::test::ThrowInBackward;
 
 // A Linear's weight gradient for loss = sum(W x + b) over a batch of rows x: every row
 // of dW is the sum of the batch's rows. Independent of the code under test.
@@ -247,18 +246,6 @@ TEST_CASE("a forward under NoGradGuard between a training forward and its backwa
 }
 
 namespace {
-// Passes x through in forward; its backward throws on the ranks where `armed` is set.
-struct ThrowInBackward : torch::autograd::Function<ThrowInBackward> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, bool armed) {
-    ctx->saved_data["armed"] = armed;
-    return x.clone();
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    if (ctx->saved_data["armed"].toBool()) throw Injected();
-    return {grads[0], torch::Tensor()};
-  }
-};
 
 struct ThrowingNetImpl : torch::nn::Module {
   ThrowingNetImpl() {
