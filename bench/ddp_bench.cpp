@@ -466,13 +466,25 @@ struct Bench {
   }
 };
 
+// The OMPI_MCA_* settings of this rank (sorted), OMP_NUM_THREADS and libddp's thread priority.
 std::string mpi_settings() {
-  std::string out;
-  for (const char* name : {"OMPI_MCA_coll_tuned_use_dynamic_rules", "OMPI_MCA_coll_tuned_allreduce_algorithm",
-                           "OMPI_MCA_mpi_yield_when_idle", "OMPI_MCA_btl", "OMP_NUM_THREADS",
-                           "DDP_COMM_THREAD_PRIORITY"}) {
-    if (const char* v = std::getenv(name)) out += std::string(out.empty() ? "" : " ") + name + "=" + v;
+  std::vector<std::string> set;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string kv = *e;
+    // mpirun's own bookkeeping for its processes (OMPI_MCA_orte_*, ess, pmix, ...) is left out.
+    bool internal = false;
+    for (const char* p : {"OMPI_MCA_orte_", "OMPI_MCA_ess", "OMPI_MCA_pmix", "OMPI_MCA_shmem_", "OMPI_MCA_initial_wdir",
+                          "OMPI_MCA_mpi_oversubscribe="}) {
+      internal = internal || kv.rfind(p, 0) == 0;
+    }
+    if ((kv.rfind("OMPI_MCA_", 0) == 0 && !internal) || kv.rfind("OMP_NUM_THREADS=", 0) == 0 ||
+        kv.rfind("DDP_COMM_THREAD_PRIORITY=", 0) == 0) {
+      set.push_back(kv);
+    }
   }
+  std::sort(set.begin(), set.end());
+  std::string out;
+  for (const auto& kv : set) out += (out.empty() ? "" : " ") + kv;
   return out.empty() ? "(OpenMPI defaults)" : out;
 }
 
@@ -559,7 +571,7 @@ int main(int argc, char** argv) {
             "'; set datafile separator ','; set logscale x 2; set xlabel 'bucket cap (MiB)'; "
             "set ylabel 'step time (ms)'; set y2label 'communication hidden behind backward (%)'; "
             "set yrange [0:*]; set y2range [0:100]; set ytics nomirror; set y2tics; set title '" + title +
-            "'; set key top left; plot '" + csv +
+            "'; set key right center; plot '" + csv +
             "' skip 1 using 1:2 with linespoints lw 2 title 'median', '' skip 1 using 1:3 with linespoints "
             "title 'p90', '' skip 1 using 1:(100*\\$5) axes x1y2 with linespoints dt 2 title 'hidden % (right)'\" "
             "2>/dev/null";

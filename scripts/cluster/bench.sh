@@ -7,11 +7,14 @@
 #
 #   scripts/cluster/bench.sh [OUT_DIR]          (default BUILD_DIR/bench-cluster)
 #
-# Settings: RATES ("1gbit 10gbit"), HOSTS (2), MODELS (mlp,resnet), ROUNDS (3),
+# Settings: RATES ("1gbit 10gbit"; "" skips the comparison), HOSTS (2), MODELS (mlp,resnet), ROUNDS (3),
 # ITERATIONS (30 timed steps per mode), SWEEP_RATE (1gbit; "" skips the sweep),
 # SWEEP_MODEL (mlp), SWEEP_CAPS (0.5,1,2,4,8,16,32), SWEEP_PASSES (2), BUILD_DIR (build).
-# Open MPI: OMPI_MCA_mpi_yield_when_idle=1 and OMPI_MCA_btl_tcp_links=2 unless set
-# (docs/performance.md shows both link counts). Needs root, as scripts/cluster.sh does.
+# Open MPI: OMPI_MCA_mpi_yield_when_idle=1, and the TCP transport without its emulated
+# RDMA put (OMPI_MCA_btl_tcp_flags without "put"), which halved the throughput of
+# repeated all-reduces of separate buffers on the shaped links; TCP_PUT=on keeps Open
+# MPI's default (docs/performance.md shows both). WAIT_QUIET_S=N waits up to N s before
+# each part for the CPUs to be idle. Needs root, as scripts/cluster.sh does.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${BUILD_DIR:-$root/build}
@@ -22,23 +25,37 @@ mkdir -p "$out"
 
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}
-export OMPI_MCA_btl_tcp_links=${OMPI_MCA_btl_tcp_links:-2}
+if [ "${TCP_PUT:-off}" = off ]; then
+  export OMPI_MCA_btl_tcp_flags=${OMPI_MCA_btl_tcp_flags:-send,inplace,need-ack,need-csum,hetero-rdma}
+fi
 [ -x "$build/bench/ddp_bench" ] || { echo "bench.sh: no $build/bench/ddp_bench: scripts/build.sh first" >&2; exit 2; }
 
-# Benchmarks share this machine's cores with whatever else runs: say so in the output.
-others() { pgrep -a -x cc1plus | wc -l; }
+# Benchmarks share this machine's cores with whatever else runs: measure how busy the
+# CPUs are just before each part (no cluster job runs then) and write it down.
+busy_pct() { # CPU time used by anything, in % of all cores, over 3 s
+  local a b
+  read -r _ u n s i w x y z _ </proc/stat; a=($((u + n + s + x + y + z)) $((u + n + s + i + w + x + y + z)))
+  sleep 3
+  read -r _ u n s i w x y z _ </proc/stat; b=($((u + n + s + x + y + z)) $((u + n + s + i + w + x + y + z)))
+  echo $((100 * (b[0] - a[0]) / (b[1] - a[1])))
+}
+wait_quiet() { # up to WAIT_QUIET_S seconds for the CPUs to be idle (< 10 % busy)
+  local until=$((SECONDS + ${WAIT_QUIET_S:-0}))
+  while (($(busy_pct) >= 10 && SECONDS < until)); do sleep 7; done
+}
 note() {
-  echo "[$1] $(date -u +%FT%TZ) load average $(cut -d' ' -f1-3 /proc/loadavg); compilers running: $(others)" \
+  echo "[$1] $(date -u +%FT%TZ) load average $(cut -d' ' -f1-3 /proc/loadavg); CPUs $(busy_pct)% busy (3 s sample), compilers running: $(pgrep -c -x cc1plus)" \
     | tee -a "$out/conditions.txt"
 }
 
 trap '"$cluster" --name "$name" down >/dev/null 2>&1 || true' EXIT
 echo "bench.sh: one compute thread per rank (OMP_NUM_THREADS=1, torch::set_num_threads(1)), one rank per host;" \
-     "OMPI_MCA_mpi_yield_when_idle=$OMPI_MCA_mpi_yield_when_idle OMPI_MCA_btl_tcp_links=$OMPI_MCA_btl_tcp_links;" \
-     "libddp $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')" | tee "$out/conditions.txt"
+     "$(env | grep '^OMPI_MCA_' | sort | tr '\n' ' ');" \
+     "libddp ${LIBDDP_REV:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')}" | tee "$out/conditions.txt"
 
-for rate in ${RATES:-1gbit 10gbit}; do
+for rate in ${RATES-1gbit 10gbit}; do
   "$cluster" --name "$name" --hosts "${HOSTS:-2}" --rate "$rate" up
+  wait_quiet
   note "compare $rate start"
   python3 "$root/bench/compare_torch.py" --cluster "$name" --models "${MODELS:-mlp,resnet}" \
     --rounds "${ROUNDS:-3}" --iterations "${ITERATIONS:-30}" --bench "$build/bench/ddp_bench" \
@@ -49,6 +66,7 @@ done
 if [ -n "${SWEEP_RATE-1gbit}" ]; then
   rate=${SWEEP_RATE:-1gbit}
   "$cluster" --name "$name" --hosts "${HOSTS:-2}" --rate "$rate" up
+  wait_quiet
   note "sweep $rate start"
   # In-place reduction off, so that every gradient goes through a bucket and the cap
   # decides the message sizes (with it on, mlp's weights are reduced one by one).
