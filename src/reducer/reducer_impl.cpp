@@ -568,12 +568,17 @@ at::Tensor Reducer::Impl::to_comm_device(const at::Tensor& values) const {
   return on_device;
 }
 
-std::shared_ptr<Work> Reducer::Impl::gather_deferred(PendingRead::Kind kind, const at::Tensor& local) {
-  at::Tensor all = at::empty({world_size_, local.numel()}, local.options());
+std::shared_ptr<Work> Reducer::Impl::gather_rows(const at::Tensor& local, at::Tensor& all) {
+  all = at::empty({world_size_, local.numel()}, local.options());
   std::vector<at::Tensor> rows;
   rows.reserve(static_cast<size_t>(world_size_));
   for (int r = 0; r < world_size_; ++r) rows.push_back(all[r]);
-  auto work = process_group->allgather(rows, local);
+  return process_group->allgather(rows, local);
+}
+
+std::shared_ptr<Work> Reducer::Impl::gather_deferred(PendingRead::Kind kind, const at::Tensor& local) {
+  at::Tensor all;
+  auto work = gather_rows(local, all);
   PendingRead read{kind, work, all, all, nullptr, step_, iteration_};
   if (comm_device_.is_cuda()) {
     // The host copy follows the gather on a side stream, and the event says when it is
@@ -819,11 +824,9 @@ std::vector<std::pair<bool, bool>> Reducer::Impl::exchange_join(bool active) {
   const int64_t record[3] = {static_cast<int64_t>(Section::kJoin), step_,
                              (active ? 1 : 0) | (active && require_sync ? 2 : 0)};
   at::Tensor local = to_comm_device(at::from_blob(const_cast<int64_t*>(record), {3}, at::kLong));
-  at::Tensor all = at::empty({world_size_, 3}, local.options());
-  std::vector<at::Tensor> rows;
-  for (int r = 0; r < world_size_; ++r) rows.push_back(all[r]);
   const auto start = Clock::now();
-  process_group->allgather(rows, local)->wait(timeout());
+  at::Tensor all;
+  gather_rows(local, all)->wait(timeout());
   stats.collectives += 1;
   at::Tensor host = all.cpu();
   stats.step_check_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();

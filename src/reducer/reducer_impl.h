@@ -161,6 +161,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
     int64_t step;
     int64_t iteration;
   };
+  // Allgathers `local` into `all` (one row per rank, allocated here); returns the work.
+  std::shared_ptr<Work> gather_rows(const at::Tensor& local, at::Tensor& all);
   // Issues the gather of `local` (one row per rank, on comm_device_) and queues its host
   // read. Deferred mode only.
   std::shared_ptr<Work> gather_deferred(PendingRead::Kind kind, const at::Tensor& local);
