@@ -101,6 +101,10 @@ class DistributedDataParallel {
   // the first synchronised backward after it reduces the accumulated sum.
   [[nodiscard]] NoSyncGuard no_sync() { return NoSyncGuard(*reducer_); }
 
+  // Replaces each bucket's all-reduce with `hook` (Reducer::register_comm_hook): once,
+  // before the first forward, on every rank.
+  void register_comm_hook(std::shared_ptr<CommHook> hook) { reducer_->register_comm_hook(std::move(hook)); }
+
   const std::shared_ptr<Module>& module() const { return module_; }
   Reducer& reducer() { return *reducer_; }
   const Reducer& reducer() const { return *reducer_; }

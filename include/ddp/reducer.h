@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include <ddp/comm_hook.h>
 #include <ddp/options.h>
 #include <ddp/process_group.h>
 #include <ddp/reducer_stats.h>
@@ -62,6 +63,15 @@ class Reducer {
   // small header exchange that checks every rank is at the same step (ReductionError on
   // every rank, naming each rank's step, otherwise). Collective; blocking.
   void sync_module_state(const std::vector<at::Tensor>& tensors);
+
+  // Replaces each bucket's all-reduce with `hook` (ddp::hooks, or a ddp::CommHook of your
+  // own; docs/api.md, "Communication hooks"). Collective: every rank registers a hook of the
+  // same name, once, before the first forward; InvalidArgumentError otherwise (a second
+  // hook, a null one, a step already begun), ModelMismatchError when the ranks' hooks
+  // differ, ReductionError on every rank when one rank does not register.
+  void register_comm_hook(std::shared_ptr<CommHook> hook);
+  // The registered hook, or null.
+  const std::shared_ptr<CommHook>& comm_hook() const;
 
   // True when `tensor` is one of the parameters this reducer reduces.
   bool manages(const at::Tensor& tensor) const;

@@ -9,6 +9,8 @@ struct ReducerStats {
   int64_t iterations = 0;          // synchronised backward passes finalised
   int64_t buckets = 0;             // current number of buckets
   int64_t bytes_per_iteration = 0; // bytes all-reduced per iteration (buckets only)
+  int64_t hook_bytes_per_iteration = 0; // with a communication hook: bytes its collectives were
+                                        // handed in the last iteration (what it sends)
   int64_t collectives = 0;         // collectives issued by the reducer, all iterations
   int64_t hook_ns = 0;             // total time spent inside gradient hooks
   int64_t finalize_ns = 0;         // total time of the end-of-backward callbacks

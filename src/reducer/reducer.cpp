@@ -24,6 +24,8 @@ Reducer::~Reducer() = default;
 void Reducer::prepare_for_forward() { impl_->prepare_for_forward(); }
 void Reducer::prepare_for_backward(const std::vector<at::Tensor>& outputs) { impl_->prepare_for_backward(outputs); }
 void Reducer::sync_module_state(const std::vector<at::Tensor>& tensors) { impl_->sync_module_state(tensors); }
+void Reducer::register_comm_hook(std::shared_ptr<CommHook> hook) { impl_->register_comm_hook(std::move(hook)); }
+const std::shared_ptr<CommHook>& Reducer::comm_hook() const { return impl_->comm_hook(); }
 bool Reducer::manages(const at::Tensor& tensor) const { return impl_->manages(tensor); }
 bool Reducer::require_sync() const { return impl_->require_sync; }
 void Reducer::set_require_sync(bool require_sync) { impl_->require_sync = require_sync; }

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -259,8 +260,9 @@ Reducer::Impl::Impl(NamedParameters parameters, const NamedParameters& all_param
   scale_value_ = 1.0 / world_size_;
   // The flags and the header travel on the group's device; host mirrors are filled and
   // read without allocating per iteration.
-  used_local_ = at::zeros({static_cast<int64_t>(n) + 1}, at::TensorOptions().dtype(at::kByte).device(comm_device_));
-  used_all_ = at::zeros({world_size_, static_cast<int64_t>(n) + 1}, used_local_.options());
+  const auto row = static_cast<int64_t>(n + kStatusBytes);
+  used_local_ = at::zeros({row}, at::TensorOptions().dtype(at::kByte).device(comm_device_));
+  used_all_ = at::zeros({world_size_, row}, used_local_.options());
   for (int r = 0; r < world_size_; ++r) used_all_rows_.push_back(used_all_[r]);
   used_local_host_ = comm_device_.is_cpu() ? used_local_ : at::zeros_like(used_local_, at::kCPU);
   used_all_host_ = comm_device_.is_cpu() ? used_all_ : at::zeros_like(used_all_, at::kCPU);
@@ -361,6 +363,7 @@ std::string Reducer::Impl::rank_prefix() const {
 
 size_t Reducer::Impl::in_place_min_bytes() const {
   if (options.gradient_as_bucket_view) return 0; // .grad is the bucket already
+  if (comm_hook_) return 0;                       // a hook is handed the bucket's buffer
   if (options.in_place_min_mb < 0) {
     return parameters.front().device().is_cpu() ? mib_to_bytes(1.0) : 0;
   }
@@ -397,6 +400,19 @@ void Reducer::Impl::build_buckets(const std::vector<size_t>& order) {
   }
   buckets_ = std::move(buckets);
   slots_ = std::move(slots);
+  bucket_names_.clear();
+  bucket_shapes_.clear();
+  for (const auto& bucket : buckets_) {
+    auto bucket_names = std::make_shared<std::vector<std::string>>();
+    auto shapes = std::make_shared<std::vector<std::vector<int64_t>>>();
+    for (size_t index : bucket->members()) {
+      bucket_names->push_back(names[index]);
+      shapes->push_back(shapes_[index]);
+    }
+    bucket_names_.push_back(std::move(bucket_names));
+    bucket_shapes_.push_back(std::move(shapes));
+  }
+  futures_.assign(buckets_.size(), nullptr);
   next_to_launch_ = 0;
   stats.buckets = static_cast<int64_t>(buckets_.size());
   stats.bytes_per_iteration = bytes;
@@ -465,6 +481,8 @@ std::string Reducer::Impl::describe_header(const int64_t* record) const {
     case Section::kJoin:
       return fmt::format("agreeing on the ranks that still have data (ddp::Join) before training step {}",
                          record[1] + 1);
+    case Section::kCommHook:
+      return "registering a communication hook (register_comm_hook)";
   }
   return fmt::format("in an unknown section {} (not a libddp collective: a collective of the application's own?)",
                      record[0]);
@@ -634,19 +652,12 @@ void Reducer::Impl::check_flags(const PendingRead& read) {
   std::vector<int64_t> used_by(n, 0);
   std::vector<uint8_t> statuses(static_cast<size_t>(world_size_), kOk);
   for (int r = 0; r < world_size_; ++r) {
-    const uint8_t* row = flags + r * (n + 1);
+    const uint8_t* row = flags + r * (n + kStatusBytes);
     for (size_t i = 0; i < n; ++i) used_by[i] += row[i];
     statuses[static_cast<size_t>(r)] = row[n];
   }
   if (!std::all_of(statuses.begin(), statuses.end(), [](uint8_t s) { return s == kOk; })) {
-    const std::string abandoned = ranks_with(statuses, kAbandoned);
-    const std::string failed = ranks_with(statuses, kLocalError);
-    std::string who;
-    if (!abandoned.empty()) who += fmt::format("the backward of rank(s) {} was interrupted", abandoned);
-    if (!failed.empty()) {
-      who += fmt::format("{}rank(s) {} found an error in their backward (their own message names it)",
-                         who.empty() ? "" : ", and ", failed);
-    }
+    const std::string who = describe_failures(statuses, flags, n);
     fail_out_of_step(fmt::format(
         "{} the backward of training step {} did not go right: {}. With the deferred step check (the default on a "
         "CUDA process group; Options::step_check, DDP_STEP_CHECK) the ranks' statuses are read once they arrive, so "
@@ -675,18 +686,33 @@ void Reducer::Impl::wait_ordered(Work& work) const {
 void Reducer::Impl::complete_interrupted_section() {
   for (size_t b = next_to_launch_; b < buckets_.size(); ++b) {
     buckets_[b]->set_in_place(at::Tensor()); // never reduce garbage into a user's .grad
-    buckets_[b]->work() = process_group->allreduce(buckets_[b]->comm_tensor());
+    if (comm_hook_) {
+      run_hook(b);
+    } else {
+      buckets_[b]->work() = process_group->allreduce(buckets_[b]->comm_tensor());
+    }
     stats.collectives += 1;
   }
   next_to_launch_ = buckets_.size();
+  // A hook's continuations issue collectives before the status exchange, as in finalize.
+  if (comm_hook_ && !flags_work_) {
+    for (auto& future : futures_) {
+      try {
+        if (future) future->wait(hook_wait_timeout());
+      } catch (const std::exception& e) {
+        detail::log(detail::LogLevel::kWarn, rank_, "comm hook '{}' failed completing an interrupted backward: {}",
+                    comm_hook_->name(), e.what());
+      }
+    }
+  }
   if (!flags_work_ && deferred_) {
-    at::Tensor flags = at::zeros({static_cast<int64_t>(parameters.size()) + 1}, at::kByte);
-    flags.data_ptr<uint8_t>()[parameters.size()] = kAbandoned;
+    at::Tensor flags = at::zeros({static_cast<int64_t>(parameters.size() + kStatusBytes)}, at::kByte);
+    write_status(flags.data_ptr<uint8_t>(), kAbandoned);
     flags_work_ = gather_deferred(PendingRead::Kind::kFlags, to_comm_device(flags));
     stats.collectives += 1;
   } else if (!flags_work_) {
     std::fill_n(used_local_host_.data_ptr<uint8_t>(), parameters.size(), 0);
-    used_local_host_.data_ptr<uint8_t>()[parameters.size()] = kAbandoned;
+    write_status(used_local_host_.data_ptr<uint8_t>(), kAbandoned);
     if (!used_local_.is_same(used_local_host_)) used_local_.copy_(used_local_host_);
     flags_work_ = process_group->allgather(used_all_rows_, used_local_);
     stats.collectives += 1;
@@ -716,7 +742,9 @@ void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lo
         verify_header(); // a late peer may have arrived since; throws (broken) if out of step
       }
       complete_interrupted_section();
-      for (auto& b : buckets_) pending.push_back(b->work());
+      for (auto& b : buckets_) {
+        if (b->work()) pending.push_back(b->work());
+      }
       pending.push_back(flags_work_);
     }
   } catch (...) {
@@ -941,6 +969,46 @@ void Reducer::Impl::join(const std::function<std::vector<at::Tensor>()>& buffers
   set_divisor(world_size_);
   lock.unlock();
   broadcast_coalesced(*process_group, final_state, authoritative_rank_);
+}
+
+void Reducer::Impl::register_comm_hook(std::shared_ptr<CommHook> hook) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  throw_if_broken();
+  if (!hook) {
+    throw InvalidArgumentError(fmt::format(
+        "{} register_comm_hook: the hook is null; pass one of ddp::hooks (e.g. ddp::hooks::fp16_compress()) or a "
+        "ddp::CommHook of your own",
+        rank_prefix()));
+  }
+  const std::string name = hook->name();
+  if (comm_hook_) {
+    throw InvalidArgumentError(fmt::format(
+        "{} register_comm_hook('{}'): communication hook '{}' is already registered. Register one hook, once, before "
+        "the first forward (to combine two, wrap one in the other, as ddp::hooks::compress(inner, dtype) does).",
+        rank_prefix(), name, comm_hook_->name()));
+  }
+  if (step_ > 0 || iteration_ > 0 || phase_ != Phase::kIdle) {
+    throw InvalidArgumentError(fmt::format(
+        "{} register_comm_hook('{}') after training step {} started: register the hook before the first forward, "
+        "on every rank, as in PyTorch (the buckets of a step already begun were reduced without it).",
+        rank_prefix(), name, step_));
+  }
+  if (world_size_ > 1) {
+    if (deferred_) drain_reads(/*block=*/true);
+    // Shaped like a section header, so that a rank that does not register (and goes on
+    // to its first forward's header) is named instead of pairing with something else.
+    const int64_t record[3] = {static_cast<int64_t>(Section::kCommHook), step_, state_syncs_};
+    at::Tensor all;
+    gather_rows(to_comm_device(at::from_blob(const_cast<int64_t*>(record), {3}, at::kLong)), all)->wait(timeout());
+    stats.collectives += 1;
+    check_header_records(all.cpu().data_ptr<int64_t>());
+    // Every rank is here: compare the hooks' names (ModelMismatchError naming each).
+    detail::verify_consistent(*process_group,
+                              {{detail::ConsistencyItem::Kind::kOption, "communication hook", name}});
+    stats.collectives += 1;
+  }
+  comm_hook_ = std::move(hook);
+  hook_group_ = std::make_shared<detail::HookProcessGroup>(process_group);
 }
 
 void Reducer::Impl::sync_module_state(const std::vector<at::Tensor>& tensors) {
@@ -1175,8 +1243,12 @@ void Reducer::Impl::launch_ready_buckets() {
   if (next_to_launch_ < buckets_.size() && buckets_[next_to_launch_]->ready()) verify_reduction_header();
   if (!header_verified_) return;
   while (next_to_launch_ < buckets_.size() && buckets_[next_to_launch_]->ready()) {
-    detail::Bucket& bucket = *buckets_[next_to_launch_];
-    bucket.work() = process_group->allreduce(bucket.comm_tensor());
+    if (comm_hook_) {
+      run_hook(next_to_launch_);
+    } else {
+      detail::Bucket& bucket = *buckets_[next_to_launch_];
+      bucket.work() = process_group->allreduce(bucket.comm_tensor());
+    }
     stats.collectives += 1;
     ++next_to_launch_;
   }
@@ -1190,6 +1262,8 @@ void Reducer::Impl::reset_iteration() {
   std::fill(marked_.begin(), marked_.end(), 0);
   std::fill(marked_early_.begin(), marked_early_.end(), 0);
   for (auto& b : buckets_) b->reset();
+  std::fill(futures_.begin(), futures_.end(), nullptr);
+  hook_failed_bucket_ = -1;
   next_to_launch_ = 0;
   finalize_queued_ = false;
   pending_error_.clear();
@@ -1205,6 +1279,144 @@ std::string Reducer::Impl::ranks_with(const std::vector<uint8_t>& statuses, uint
     if (statuses[r] == status) out += fmt::format("{}{}", out.empty() ? "" : ",", r);
   }
   return out;
+}
+
+void Reducer::Impl::write_status(uint8_t* row, uint8_t status) const {
+  const size_t n = parameters.size();
+  row[n] = status;
+  const int32_t bucket = status == kHookError ? hook_failed_bucket_ : -1;
+  std::memcpy(row + n + 1, &bucket, sizeof(bucket));
+}
+
+int32_t Reducer::Impl::failed_bucket_of(const uint8_t* status) {
+  int32_t bucket = -1;
+  std::memcpy(&bucket, status + 1, sizeof(bucket));
+  return bucket;
+}
+
+std::string Reducer::Impl::describe_failures(const std::vector<uint8_t>& statuses, const uint8_t* rows,
+                                             size_t n) const {
+  const std::string abandoned = ranks_with(statuses, kAbandoned);
+  const std::string failed = ranks_with(statuses, kLocalError);
+  std::string who;
+  auto add = [&who](const std::string& part) { who += (who.empty() ? "" : ", and ") + part; };
+  if (!abandoned.empty()) {
+    add(fmt::format("the backward of rank(s) {} was interrupted (an exception during backward, or a timeout)",
+                    abandoned));
+  }
+  if (!failed.empty()) add(fmt::format("rank(s) {} found an error in their backward (their own message names it)", failed));
+  for (int r = 0; r < world_size_; ++r) {
+    if (statuses[static_cast<size_t>(r)] != kHookError) continue;
+    const int32_t bucket = failed_bucket_of(rows + r * (n + kStatusBytes) + n);
+    add(fmt::format("rank {}'s communication hook '{}' failed on bucket {}{} (that rank's message has the exception)",
+                    r, comm_hook_ ? comm_hook_->name() : "?", bucket,
+                    bucket >= 0 && static_cast<size_t>(bucket) < buckets_.size()
+                        ? fmt::format(" ({})", names_of(buckets_[static_cast<size_t>(bucket)]->members()))
+                        : std::string()));
+  }
+  return who;
+}
+
+std::chrono::milliseconds Reducer::Impl::hook_wait_timeout() const {
+  return comm_device_.is_cuda() ? Work::kNoTimeout : timeout();
+}
+
+void Reducer::Impl::record_hook_failure(size_t b, int64_t iteration, const std::string& what) {
+  if (hook_failed_bucket_ < 0) hook_failed_bucket_ = static_cast<int32_t>(b);
+  record_error(fmt::format(
+      "{} communication hook '{}' failed on bucket {} ({}) in iteration {}: {}. The gradients of this step are not "
+      "averaged on any rank.",
+      rank_prefix(), comm_hook_->name(), b, names_of(buckets_[b]->members()), iteration, what));
+}
+
+void Reducer::Impl::run_hook(size_t b) {
+  detail::Bucket& bucket = *buckets_[b];
+  GradBucket grad_bucket(b, b + 1 == buckets_.size(), bucket.flat(), bucket_names_[b], bucket_shapes_[b],
+                         *hook_group_, iteration_);
+  const int64_t issued = hook_group_->collectives();
+  try {
+    futures_[b] = comm_hook_->run(grad_bucket);
+    if (!futures_[b]) throw InvalidArgumentError("it returned a null future");
+    return;
+  } catch (const std::exception& e) {
+    record_hook_failure(b, iteration_, e.what());
+  }
+  futures_[b] = CommFuture::ready(bucket.flat());
+  if (hook_group_->collectives() != issued) return; // cannot be paired again: see docs/semantics.md
+  // It issued nothing: the peers' hooks (which may not have thrown) issued this bucket's
+  // collectives, and the same hook on zeros issues the same ones.
+  bucket.flat().zero_();
+  try {
+    auto again = comm_hook_->run(grad_bucket);
+    if (again) futures_[b] = std::move(again);
+  } catch (const std::exception&) {
+    // It fails on zeros too: most likely on every rank alike, which keeps them paired.
+  }
+}
+
+void Reducer::Impl::complete_hook_futures(int64_t iteration) {
+  const auto wait = hook_wait_timeout();
+  // Advance first: each bucket's next collective is issued before the host waits for the
+  // last step of any.
+  for (size_t b = 0; b < futures_.size(); ++b) {
+    try {
+      futures_[b]->advance(wait);
+    } catch (const Error& e) {
+      if (dynamic_cast<const CommError*>(&e)) throw; // the group failed: not the hook's doing
+      std::lock_guard<std::mutex> lock(mutex_);
+      record_hook_failure(b, iteration, e.what());
+      futures_[b] = CommFuture::ready(buckets_[b]->flat());
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      record_hook_failure(b, iteration, e.what());
+      futures_[b] = CommFuture::ready(buckets_[b]->flat());
+    }
+  }
+  for (size_t b = 0; b < futures_.size(); ++b) {
+    detail::Bucket& bucket = *buckets_[b];
+    std::string problem;
+    try {
+      at::Tensor value = futures_[b]->wait(wait);
+      at::Tensor& flat = bucket.flat();
+      if (!value.defined() || value.numel() != flat.numel() || value.scalar_type() != flat.scalar_type() ||
+          value.device() != flat.device()) {
+        problem = value.defined()
+                      ? fmt::format("its result has {} elements of {} on {}; the bucket has {} of {} on {}",
+                                    value.numel(), c10::toString(value.scalar_type()), value.device().str(),
+                                    flat.numel(), c10::toString(flat.scalar_type()), flat.device().str())
+                      : "its result is an undefined tensor";
+      } else if (!value.is_same(flat)) {
+        flat.copy_(value.reshape({-1}));
+      }
+    } catch (const CommError&) {
+      throw;
+    } catch (const std::exception& e) {
+      problem = e.what();
+    }
+    if (!problem.empty()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      record_hook_failure(b, iteration, problem);
+    }
+  }
+}
+
+void Reducer::Impl::issue_flags(const std::vector<char>& local_used, bool read_later) {
+  const size_t n = parameters.size();
+  const uint8_t status = pending_error_.empty() ? kOk : hook_failed_bucket_ >= 0 ? kHookError : kLocalError;
+  if (read_later) {
+    at::Tensor flags = at::ones({static_cast<int64_t>(n + kStatusBytes)}, at::kByte);
+    write_status(flags.data_ptr<uint8_t>(), kOk);
+    flags_work_ = gather_deferred(PendingRead::Kind::kFlags, to_comm_device(flags));
+    stats.collectives += 1;
+    stats.deferred_flag_reads += 1;
+  } else if (world_size_ > 1) {
+    uint8_t* flags = used_local_host_.data_ptr<uint8_t>();
+    std::copy(local_used.begin(), local_used.end(), flags);
+    write_status(flags, status);
+    if (!used_local_.is_same(used_local_host_)) used_local_.copy_(used_local_host_);
+    flags_work_ = process_group->allgather(used_all_rows_, used_local_);
+    stats.collectives += 1;
+  }
 }
 
 void Reducer::Impl::finalize() {
@@ -1267,32 +1479,41 @@ void Reducer::Impl::finalize() {
   // static graph), or this rank's own error (every rank must see it in this step).
   const bool used_everything =
       std::all_of(local_used.begin(), local_used.end(), [](char used) { return used != 0; });
-  const bool read_later = deferred_ && world_size_ > 1 && used_everything && iteration > 0 &&
-                          pending_error_.empty() && (!options.static_graph || learned_static_);
+  auto can_read_later = [&] {
+    return deferred_ && world_size_ > 1 && used_everything && iteration > 0 && pending_error_.empty() &&
+           (!options.static_graph || learned_static_);
+  };
+  bool read_later = can_read_later();
   // Every section ends with the used flags and this rank's status, so that an error on
-  // one rank is an error on every rank, never a silent difference.
-  if (read_later) {
-    at::Tensor flags = at::ones({static_cast<int64_t>(n) + 1}, at::kByte);
-    flags.data_ptr<uint8_t>()[n] = kOk;
-    flags_work_ = gather_deferred(PendingRead::Kind::kFlags, to_comm_device(flags));
-    stats.collectives += 1;
-    stats.deferred_flag_reads += 1;
-  } else if (world_size_ > 1) {
-    uint8_t* flags = used_local_host_.data_ptr<uint8_t>();
-    std::copy(local_used.begin(), local_used.end(), flags);
-    flags[n] = pending_error_.empty() ? kOk : kLocalError;
-    if (!used_local_.is_same(used_local_host_)) used_local_.copy_(used_local_host_);
-    flags_work_ = process_group->allgather(used_all_rows_, used_local_);
-    stats.collectives += 1;
-  }
+  // one rank is an error on every rank, never a silent difference. With a hook, after its
+  // futures: its continuations issue collectives, and a failure there is a status too.
+  if (!comm_hook_) issue_flags(local_used, read_later);
   lock.unlock();
 
   // Wait without holding the lock: no hook can fire now, and a collective must never
   // run under a lock.
   const auto wait_start = Clock::now();
   std::exception_ptr failure;
+  if (comm_hook_) {
+    try {
+      complete_hook_futures(iteration);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    lock.lock();
+    read_later = can_read_later();
+    if (!failure) {
+      try {
+        issue_flags(local_used, read_later);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    stats.hook_bytes_per_iteration = hook_group_->take_bytes();
+    lock.unlock();
+  }
   try {
-    for (size_t b = 0; b < buckets_.size(); ++b) {
+    for (size_t b = 0; b < buckets_.size() && !comm_hook_; ++b) {
       Work& work = *buckets_[b]->work();
       if (read_later) {
         wait_ordered(work); // on CUDA a stream wait: the copies back below follow it on the GPU
@@ -1345,7 +1566,7 @@ void Reducer::Impl::finalize() {
     const uint8_t* flags = used_all_host_.data_ptr<uint8_t>();
     std::fill(used_by.begin(), used_by.end(), 0);
     for (int r = 0; r < world_size_; ++r) {
-      const uint8_t* row = flags + r * (n + 1);
+      const uint8_t* row = flags + r * (n + kStatusBytes);
       for (size_t i = 0; i < n; ++i) used_by[i] += row[i];
       statuses[r] = row[n];
     }
@@ -1442,17 +1663,7 @@ void Reducer::Impl::finalize() {
     throw ReductionError(error);
   }
   if (!all_ok) {
-    const std::string abandoned = ranks_with(statuses, kAbandoned);
-    const std::string failed = ranks_with(statuses, kLocalError);
-    std::string who;
-    if (!abandoned.empty()) {
-      who += fmt::format("the backward of rank(s) {} was interrupted (an exception during backward, or a timeout)",
-                         abandoned);
-    }
-    if (!failed.empty()) {
-      who += fmt::format("{}rank(s) {} found an error in their backward (their own message names it)",
-                         who.empty() ? "" : ", and ", failed);
-    }
+    const std::string who = describe_failures(statuses, used_all_host_.data_ptr<uint8_t>(), n);
     std::string message = fmt::format(
         "{} the gradients of training step {} are not averaged: {}. No rank wrote averaged gradients for this step "
         "(gradients reduced in place or as bucket views hold partial sums): zero the gradients and go on with the "
@@ -1493,7 +1704,7 @@ void Reducer::Impl::report_unused(const std::vector<int64_t>& used_by, const uin
     for (size_t k = 0; k < partial.size(); ++k) {
       std::string ranks;
       for (int r = 0; r < world_size_; ++r) {
-        if (!flags[r * (n + 1) + partial[k]]) ranks += fmt::format("{}{}", ranks.empty() ? "" : ",", r);
+        if (!flags[r * (n + kStatusBytes) + partial[k]]) ranks += fmt::format("{}{}", ranks.empty() ? "" : ",", r);
       }
       partial_text += fmt::format("{}{} (ranks {})", k ? ", " : "", names[partial[k]], ranks);
     }

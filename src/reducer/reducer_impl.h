@@ -18,10 +18,12 @@
 #include <string>
 #include <vector>
 
+#include <ddp/comm_hook.h>
 #include <ddp/reducer.h>
 
 #include "bucket/bucket.h"
 #include "reducer/graph_walker.h"
+#include "reducer/hook_process_group.h"
 
 namespace ddp {
 
@@ -47,6 +49,10 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   bool join_armed() const { return join_armed_; }
   void prepare_for_backward(const std::vector<at::Tensor>& outputs);
   void sync_module_state(const std::vector<at::Tensor>& tensors);
+  // Collective: checks that every rank registers a hook of the same name, before the
+  // first forward (docs/semantics.md, "Communication hooks").
+  void register_comm_hook(std::shared_ptr<CommHook> hook);
+  const std::shared_ptr<CommHook>& comm_hook() const { return comm_hook_; }
   bool manages(const at::Tensor& tensor) const;
 
   // Autograd callbacks.
@@ -108,9 +114,18 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
     kReduction = 2,   // reducing the gradients of one backward
     kFinished = 3,    // this rank's reducer is being destroyed (it finished training)
     kJoin = 4,        // ddp::Join: agreeing on which ranks still have data (third field: flags)
+    kCommHook = 5,    // registering a communication hook
   };
-  // X's status byte, after the used flags: did this rank's backward go right?
-  enum Status : uint8_t { kOk = 0, kLocalError = 1, kAbandoned = 2 };
+  // X's status byte, after the used flags: did this rank's backward go right? Then, for
+  // kHookError, the failed bucket's index (int32): the peers name it.
+  enum Status : uint8_t { kOk = 0, kLocalError = 1, kAbandoned = 2, kHookError = 3 };
+  static constexpr size_t kStatusBytes = 5;
+  // Writes this rank's status (and hook failure bucket) after the n used flags in `row`.
+  void write_status(uint8_t* row, uint8_t status) const;
+  static int32_t failed_bucket_of(const uint8_t* status);
+  // What the ranks with a status other than kOk did, for the error message. `rows`: the
+  // gathered rows (world x (n + kStatusBytes)).
+  std::string describe_failures(const std::vector<uint8_t>& statuses, const uint8_t* rows, size_t n) const;
 
   void build_buckets(const std::vector<size_t>& order);
   void rebuild_buckets_if_due();
@@ -186,6 +201,20 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void mark_without_hook(size_t index);
   void copy_gradient_to_slot(size_t index);
   void launch_ready_buckets();
+  // Runs the communication hook on bucket b and keeps its future. A hook that throws
+  // having issued no collective runs again on the zeroed bucket, so that this rank's
+  // collectives still pair with its peers'; the error is recorded either way.
+  void run_hook(size_t b);
+  // Advances every bucket's hook future in bucket order, then waits for each and writes
+  // its value into the bucket; records the first hook failure. Without the lock.
+  void complete_hook_futures(int64_t iteration);
+  void record_hook_failure(size_t b, int64_t iteration, const std::string& what);
+  // How a hook's future is waited for: ordered on the stream on CUDA, on the host (with
+  // the timeout) otherwise.
+  std::chrono::milliseconds hook_wait_timeout() const;
+  // Issues the used-flags and status exchange of the backward that ends (strict: into
+  // used_all_; read_later: deferred). Caller holds mutex_.
+  void issue_flags(const std::vector<char>& local_used, bool read_later);
   void queue_finalize();
   void reset_iteration();
   void record_error(std::string message);
@@ -273,6 +302,15 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   bool learned_static_ = false;
   std::vector<char> static_local_used_;
   std::vector<int64_t> static_used_by_;
+
+  // Communication hook (register_comm_hook): per bucket its GradBucket parts and this
+  // backward's future.
+  std::shared_ptr<CommHook> comm_hook_;
+  std::shared_ptr<detail::HookProcessGroup> hook_group_;
+  std::vector<std::shared_ptr<const std::vector<std::string>>> bucket_names_;
+  std::vector<std::shared_ptr<const std::vector<std::vector<int64_t>>>> bucket_shapes_;
+  std::vector<std::shared_ptr<CommFuture>> futures_;
+  int32_t hook_failed_bucket_ = -1; // first bucket whose hook failed in this backward
 
   // Reporting.
   std::vector<int64_t> last_used_by_; // per parameter: how many ranks used it (last iteration)

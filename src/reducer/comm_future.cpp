@@ -1,0 +1,53 @@
+#include <ddp/comm_future.h>
+
+#include <ddp/error.h>
+
+namespace ddp {
+
+std::shared_ptr<CommFuture> CommFuture::ready(at::Tensor value) {
+  std::shared_ptr<CommFuture> future(new CommFuture());
+  future->value_ = std::move(value);
+  return future;
+}
+
+std::shared_ptr<CommFuture> CommFuture::of(std::shared_ptr<Work> work, at::Tensor value) {
+  if (!work) throw InvalidArgumentError("ddp::CommFuture::of: the work is null");
+  std::shared_ptr<CommFuture> future(new CommFuture());
+  future->work_ = std::move(work);
+  future->value_ = std::move(value);
+  return future;
+}
+
+std::shared_ptr<CommFuture> CommFuture::then(Continuation next) {
+  if (!next) throw InvalidArgumentError("ddp::CommFuture::then: the continuation is empty");
+  std::shared_ptr<CommFuture> future(new CommFuture());
+  // A chain holds its parents, not the other way round: no cycle.
+  future->parent_ = shared_from_this();
+  future->next_ = std::move(next);
+  return future;
+}
+
+std::shared_ptr<CommFuture> CommFuture::then_map(Map map) {
+  if (!map) throw InvalidArgumentError("ddp::CommFuture::then_map: the function is empty");
+  return then([map = std::move(map)](const at::Tensor& value) { return ready(map(value)); });
+}
+
+void CommFuture::advance(std::chrono::milliseconds timeout) {
+  if (!parent_ || result_) return;
+  const at::Tensor input = parent_->wait(timeout);
+  result_ = next_(input);
+  if (!result_) throw InvalidArgumentError("a CommFuture continuation returned a null future");
+  parent_.reset(); // its value is consumed: free it
+  next_ = nullptr;
+}
+
+at::Tensor CommFuture::wait(std::chrono::milliseconds timeout) {
+  if (parent_ || result_) {
+    advance(timeout);
+    return result_->wait(timeout);
+  }
+  if (work_) work_->wait(timeout);
+  return value_;
+}
+
+} // namespace ddp

@@ -1,0 +1,42 @@
+#include "reducer/hook_process_group.h"
+
+#include <utility>
+
+namespace ddp::detail {
+
+HookProcessGroup::HookProcessGroup(std::shared_ptr<ProcessGroup> inner) : inner_(std::move(inner)) {
+  set_timeout(inner_->timeout());
+}
+
+void HookProcessGroup::count(const at::Tensor& tensor) {
+  collectives_ += 1;
+  if (tensor.defined()) bytes_ += static_cast<int64_t>(tensor.nbytes());
+}
+
+std::shared_ptr<Work> HookProcessGroup::allreduce(at::Tensor tensor) {
+  count(tensor);
+  return inner_->allreduce(std::move(tensor));
+}
+
+std::shared_ptr<Work> HookProcessGroup::broadcast(at::Tensor tensor, int root) {
+  count(tensor);
+  return inner_->broadcast(std::move(tensor), root);
+}
+
+std::shared_ptr<Work> HookProcessGroup::allgather(std::vector<at::Tensor> outputs, at::Tensor input) {
+  count(input);
+  return inner_->allgather(std::move(outputs), std::move(input));
+}
+
+void HookProcessGroup::barrier() {
+  collectives_ += 1;
+  inner_->barrier();
+}
+
+int64_t HookProcessGroup::take_bytes() {
+  const int64_t bytes = bytes_;
+  bytes_ = 0;
+  return bytes;
+}
+
+} // namespace ddp::detail

@@ -1,0 +1,46 @@
+// HookProcessGroup: the process group a communication hook is handed (GradBucket::
+// process_group()). It forwards every call to the reducer's group and counts what goes
+// through it, so that the reducer knows whether a hook that threw had issued anything
+// (and so whether running it again keeps this rank's collectives paired with its peers'),
+// and how many bytes a hook sends per iteration (ReducerStats::hook_bytes_per_iteration).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ddp/process_group.h>
+
+namespace ddp::detail {
+
+class HookProcessGroup final : public ProcessGroup {
+ public:
+  explicit HookProcessGroup(std::shared_ptr<ProcessGroup> inner);
+
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string backend() const override { return inner_->backend(); }
+  c10::Device device() const override { return inner_->device(); }
+
+  std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
+  std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
+  std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  void barrier() override;
+  void abort(const std::string& reason) override { inner_->abort(reason); }
+
+  // Collectives issued through this group so far.
+  int64_t collectives() const { return collectives_; }
+  // Bytes handed to collectives since the last call (allreduce and broadcast: the tensor;
+  // allgather: the input), and resets the count.
+  int64_t take_bytes();
+
+ private:
+  void count(const at::Tensor& tensor);
+
+  const std::shared_ptr<ProcessGroup> inner_;
+  int64_t collectives_ = 0;
+  int64_t bytes_ = 0;
+};
+
+} // namespace ddp::detail
