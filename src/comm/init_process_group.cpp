@@ -7,6 +7,7 @@
 #include <ddp/config.h>
 #include <ddp/error.h>
 
+#include "comm/rendezvous.h"
 #include "common/check.h"
 #include "common/timeouts.h"
 #if DDP_HAVE_MPI
@@ -36,6 +37,7 @@ std::string built_backends() {
 std::shared_ptr<ProcessGroup> create(const std::string& backend, std::optional<c10::Device> device) {
   if (backend == "mpi") {
 #if DDP_HAVE_MPI
+    check_mpi_launch();
     return mpi::create();
 #else
     not_built(backend);
@@ -57,6 +59,7 @@ std::shared_ptr<ProcessGroup> create(const std::string& backend, std::optional<c
 #endif
     }
 #if DDP_HAVE_MPI
+    check_mpi_launch();
     return mpi::create();
 #else
     not_built("mpi");

@@ -85,8 +85,8 @@ void read_rank_and_size(const RendezvousConfig::EnvLookup& getenv, RendezvousCon
                                                        config.world_size).c_str()));
 }
 
-void read_master(const RendezvousConfig::EnvLookup& getenv, RendezvousConfig& config) {
-  const char* why = "the TCP rendezvous needs rank 0's address";
+void read_master(const RendezvousConfig::EnvLookup& getenv, RendezvousConfig& config,
+                 const std::string& why = "the TCP rendezvous needs rank 0's address") {
   const char* addr = lookup(getenv, "MASTER_ADDR");
   if (addr == nullptr) missing("MASTER_ADDR", why);
   const char* port = lookup(getenv, "MASTER_PORT");
@@ -167,6 +167,16 @@ RendezvousConfig RendezvousConfig::from_env(const EnvLookup& getenv) {
     config.method = Method::kTcp;
     read_rank_and_size(getenv, config, "torchrun-style launch (MASTER_ADDR/MASTER_PORT or RANK is set)");
     read_master(getenv, config);
+  } else if (const char* tasks = lookup(getenv, "SLURM_NTASKS"); tasks != nullptr && std::string(tasks) != "1") {
+    // srun without PMI: each task would otherwise be a world of its own, silently.
+    config.method = Method::kTcp;
+    const std::string why = fmt::format(
+        "this is a Slurm job step of SLURM_NTASKS={} tasks started without an MPI launcher (srun without PMI), and "
+        "its ranks must find rank 0 (docs/cluster.md, \"Slurm\": export MASTER_ADDR=$(scontrol show hostnames "
+        "\"$SLURM_JOB_NODELIST\" | head -n 1) and MASTER_PORT, or use srun --mpi=pmix with the MPI backend)",
+        tasks);
+    read_rank_and_size(getenv, config, why);
+    read_master(getenv, config, why);
   } else {
     config.method = Method::kSingle;
   }
@@ -213,6 +223,20 @@ std::unique_ptr<Rendezvous> make_rendezvous(const RendezvousConfig& config) {
 #endif
   }
   throw InvalidArgumentError("[ddp rank ?] rendezvous: unknown method");
+}
+
+void check_mpi_launch(const RendezvousConfig::EnvLookup& getenv) {
+  if (launched_by_mpi(getenv)) return;
+  for (const char* var : {"WORLD_SIZE", "SLURM_NTASKS"}) {
+    const char* value = lookup(getenv, var);
+    if (value == nullptr || std::string(value) == "1") continue;
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank ?] init_process_group: {}=\"{}\" says this job has several processes, but this one was not "
+        "started by an MPI launcher, so the MPI backend would see a world of 1 and train alone. The MPI backend "
+        "(CPU tensors) needs its ranks started by mpirun -np N (or srun --mpi=pmix); a torchrun-style launch "
+        "(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) works with the nccl backend. Unset {} to run one process.",
+        var, value, var));
+  }
 }
 
 } // namespace ddp

@@ -63,6 +63,12 @@ class Rendezvous {
   virtual std::vector<char> exchange(const std::string& key, const std::vector<char>& bytes) = 0;
 };
 
+// Throws InvalidArgumentError, naming the variable, when the environment says the job has
+// several processes (WORLD_SIZE or SLURM_NTASKS above 1) but no MPI launcher started this
+// one: the MPI backend would silently be a world of 1. init_process_group calls it
+// before creating an MPI group.
+void check_mpi_launch(const RendezvousConfig::EnvLookup& getenv = nullptr);
+
 // The rendezvous `config` asks for. kMpi starts MPI (only when MPI was built).
 std::unique_ptr<Rendezvous> make_rendezvous(const RendezvousConfig& config);
 

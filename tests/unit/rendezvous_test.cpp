@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include <ddp/config.h>
 #include <ddp/error.h>
 #include <ddp/process_group.h>
 
@@ -391,4 +392,37 @@ TEST_CASE("RendezvousConfig::from_env names the variable that is missing or wron
   REQUIRE_THAT(from_env_error({{"DDP_INIT_METHOD", "carrier-pigeon"}}), Catch::Contains("is not known"));
   REQUIRE_THAT(from_env_error({{"DDP_TIMEOUT_S", "-3"}}), Catch::Contains("DDP_TIMEOUT_S=\"-3\""));
   REQUIRE_THAT(from_env_error({{"LOCAL_RANK", "x"}}), Catch::Contains("LOCAL_RANK=\"x\""));
+}
+
+TEST_CASE("Slurm's variables without MASTER_ADDR, and WORLD_SIZE without mpirun for MPI, are errors", "[rendezvous][env]") {
+  // srun without PMI: several tasks, none of them may silently become a world of 1.
+  REQUIRE_THAT(from_env_error({{"SLURM_NTASKS", "4"}, {"SLURM_PROCID", "1"}}),
+               Catch::Contains("MASTER_ADDR is not set") && Catch::Contains("SLURM_NTASKS=4") &&
+                   Catch::Contains("scontrol show hostnames"));
+  // One Slurm task is one process.
+  CHECK(RendezvousConfig::from_env(env({{"SLURM_NTASKS", "1"}, {"SLURM_PROCID", "0"}})).world_size == 1);
+  // With MASTER_ADDR/MASTER_PORT, Slurm's rank and size are read.
+  auto c = RendezvousConfig::from_env(env({{"SLURM_NTASKS", "4"}, {"SLURM_PROCID", "2"}, {"MASTER_ADDR", "node1"},
+                                           {"MASTER_PORT", "29500"}}));
+  CHECK(c.method == RendezvousConfig::Method::kTcp);
+  CHECK(c.rank == 2);
+  CHECK(c.world_size == 4);
+#if DDP_HAVE_MPI
+  // The MPI backend started torchrun-style, or by srun without PMI.
+  auto mpi_error = [](std::map<std::string, std::string> vars) {
+    try {
+      ddp::check_mpi_launch(env(std::move(vars)));
+    } catch (const ddp::InvalidArgumentError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  CHECK_THAT(mpi_error({{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}),
+             Catch::Contains("WORLD_SIZE=\"2\"") && Catch::Contains("mpirun -np N") && Catch::Contains("nccl"));
+  CHECK_THAT(mpi_error({{"SLURM_NTASKS", "3"}}), Catch::Contains("SLURM_NTASKS=\"3\""));
+  CHECK(mpi_error({}).empty());                                               // one process
+  CHECK(mpi_error({{"WORLD_SIZE", "1"}}).empty());                            // one process, said so
+  CHECK(mpi_error({{"WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_SIZE", "2"}}).empty()); // under mpirun
+  CHECK(mpi_error({{"SLURM_NTASKS", "2"}, {"PMIX_RANK", "0"}}).empty());     // srun --mpi=pmix
+#endif
 }
