@@ -33,8 +33,8 @@ class CommFuture : public std::enable_shared_from_this<CommFuture> {
   // A future of `map`'s result on this one's value (decompression, a copy): no collective.
   std::shared_ptr<CommFuture> then_map(Map map);
 
-  // Waits for the inputs of the next continuation and runs it, so that its collectives are
-  // issued; does not wait for them. `timeout`: as in Work::wait (kNoTimeout on a CUDA
+  // Runs the earliest continuation of the chain not yet run, waiting for its input, so
+  // that its collectives are issued; does not wait for them. `timeout`: as in Work::wait (kNoTimeout on a CUDA
   // group orders the stream instead of blocking the host).
   void advance(std::chrono::milliseconds timeout = Work::kNoTimeout);
   // Runs every continuation and waits; returns the final value, or rethrows.
@@ -42,6 +42,8 @@ class CommFuture : public std::enable_shared_from_this<CommFuture> {
 
  private:
   CommFuture() = default;
+  // advance(); true when it ran a continuation.
+  bool advance_one(std::chrono::milliseconds timeout);
   std::shared_ptr<Work> work_;         // a leaf: what it waits for (null when ready)
   at::Tensor value_;                   // a leaf: its value
   std::shared_ptr<CommFuture> parent_; // a chained step: what it starts from

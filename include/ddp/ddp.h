@@ -2,9 +2,11 @@
 #pragma once
 
 #include <ddp/collectives.h>
+#include <ddp/comm_hook.h>
 #include <ddp/config.h>
 #include <ddp/distributed_data_parallel.h>
 #include <ddp/error.h>
+#include <ddp/hooks.h>
 #include <ddp/init.h>
 #include <ddp/join.h>
 #include <ddp/no_sync_guard.h>

@@ -33,17 +33,26 @@ std::shared_ptr<CommFuture> CommFuture::then_map(Map map) {
 }
 
 void CommFuture::advance(std::chrono::milliseconds timeout) {
-  if (!parent_ || result_) return;
+  advance_one(timeout);
+}
+
+bool CommFuture::advance_one(std::chrono::milliseconds timeout) {
+  if (result_) return result_->advance_one(timeout);
+  if (!parent_) return false; // a leaf: nothing to run
+  // The earliest continuation not yet run, and only that one: a collective it issues is
+  // not waited for here.
+  if (parent_->advance_one(timeout)) return true;
   const at::Tensor input = parent_->wait(timeout);
   result_ = next_(input);
   if (!result_) throw InvalidArgumentError("a CommFuture continuation returned a null future");
   parent_.reset(); // its value is consumed: free it
   next_ = nullptr;
+  return true;
 }
 
 at::Tensor CommFuture::wait(std::chrono::milliseconds timeout) {
   if (parent_ || result_) {
-    advance(timeout);
+    while (!result_) advance_one(timeout);
     return result_->wait(timeout);
   }
   if (work_) work_->wait(timeout);

@@ -1003,8 +1003,14 @@ void Reducer::Impl::register_comm_hook(std::shared_ptr<CommHook> hook) {
     stats.collectives += 1;
     check_header_records(all.cpu().data_ptr<int64_t>());
     // Every rank is here: compare the hooks' names (ModelMismatchError naming each).
-    detail::verify_consistent(*process_group,
-                              {{detail::ConsistencyItem::Kind::kOption, "communication hook", name}});
+    try {
+      detail::verify_consistent(*process_group, {{detail::ConsistencyItem::Kind::kOption, "comm_hook", name}});
+    } catch (const ModelMismatchError& e) {
+      throw ModelMismatchError(fmt::format(
+          "{} the ranks registered different communication hooks; register the same hook, with the same options, on "
+          "every rank. {}",
+          rank_prefix(), e.what()));
+    }
     stats.collectives += 1;
   }
   comm_hook_ = std::move(hook);

@@ -14,6 +14,9 @@
 
 #include <ddp/hooks.h>
 
+#include <ddp/join.h>
+
+#include "models.h"
 #include "world.h"
 
 namespace {
@@ -376,7 +379,15 @@ TEST_CASE("register_comm_hook: once, before the first forward, the same hook on 
     Params params;
     ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
     auto hook = rank == n - 1 ? ddp::hooks::bf16_compress() : ddp::hooks::fp16_compress();
-    CHECK_THROWS_AS(reducer.register_comm_hook(hook), ddp::ModelMismatchError);
+    std::string message;
+    try {
+      reducer.register_comm_hook(hook);
+    } catch (const ddp::ModelMismatchError& e) {
+      message = e.what();
+    }
+    CHECK_THAT(message, Catch::Contains("registered different communication hooks") &&
+                            Catch::Contains("rank 0 has fp16_compress") &&
+                            Catch::Contains(fmt::format("rank {} has bf16_compress", n - 1)));
   }
   SECTION("one rank registers and another does not: an error on both, naming it") {
     Params params;
@@ -460,6 +471,51 @@ TEST_CASE("PowerSGD state survives a checkpoint: a restored hook goes on as the 
   // above can tell.
   CHECK(fresh_error > 100 * tolerance);
   CHECK(identical_across_ranks(resumed.second));
+}
+
+// Uneven inputs under ddp::Join with each hook: the shadowed steps run the hook on zeros,
+// every rank ends with the same parameters, and the allreduce hook's are the reducer's own.
+TEST_CASE("Join with a hook: uneven inputs end with the same parameters on every rank", "[hooks]") {
+  const int n = world().size();
+  const int rank = world().rank();
+  ddp::hooks::PowerSGDOptions powersgd;
+  powersgd.matrix_approximation_rank = 2;
+  powersgd.start_powerSGD_iter = 0;
+  std::vector<std::pair<std::string, std::function<std::shared_ptr<ddp::CommHook>()>>> hooks = {
+      {"none", [] { return nullptr; }},
+      {"allreduce", [] { return ddp::hooks::allreduce(); }},
+      {"fp16", [] { return ddp::hooks::fp16_compress(); }},
+      {"powersgd", [&] { return ddp::hooks::powersgd(powersgd); }},
+      {"reduce_at_root", [] { return std::make_shared<ReduceAtRootHook>(); }}};
+  std::vector<torch::Tensor> reference; // with no hook
+  for (const auto& [label, make] : hooks) {
+    CAPTURE(label);
+    torch::manual_seed(5);
+    ddp::test::Mlp local;
+    ddp::DistributedDataParallel model(local, ddp::test::world_ptr(), ddp::test::test_options());
+    if (auto hook = make()) model.register_comm_hook(hook);
+    torch::optim::SGD opt(local->parameters(), 0.1);
+    const int batches = rank == n - 1 ? 2 : 5;
+    {
+      ddp::Join join(model);
+      for (int b = 0; b < batches; ++b) {
+        torch::manual_seed(300 + 10 * rank + b);
+        opt.zero_grad();
+        torch::nn::functional::cross_entropy(model(torch::randn({4, 8})), torch::randint(4, {4})).backward();
+        opt.step();
+      }
+      join.join();
+    }
+    std::vector<torch::Tensor> params;
+    for (const auto& p : local->parameters()) {
+      CHECK(identical_across_ranks(p));
+      params.push_back(p.detach().clone());
+    }
+    if (label == "none") reference = params;
+    if (label == "allreduce") {
+      for (size_t k = 0; k < params.size(); ++k) CHECK(torch::equal(params[k], reference[k]));
+    }
+  }
 }
 
 } // namespace
