@@ -92,7 +92,14 @@ at::Tensor& PowerSGDHook::q_for(const std::string& name, int64_t cols, int64_t r
     at::Generator generator = at::detail::createCPUGenerator(seed_for(options_.random_seed, name));
     at::Tensor fresh = at::randn({cols, rank}, generator, options.device(at::kCPU));
     orthogonalize(fresh, options_.orthogonalization_epsilon);
-    q = fresh.to(options.device());
+    if (options.device().is_cpu()) {
+      q = fresh;
+    } else {
+      // From pinned memory the copy is queued on the stream, not waited for on the host
+      // (the caching host allocator keeps the block until the copy has run).
+      q = at::empty({cols, rank}, options);
+      q.copy_(fresh.pin_memory(), /*non_blocking=*/true);
+    }
   }
   return q;
 }
