@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
+#include <exception>
 #include <functional>
 #include <memory>
 
@@ -49,6 +50,7 @@ class CommFuture : public std::enable_shared_from_this<CommFuture> {
   std::shared_ptr<CommFuture> parent_; // a chained step: what it starts from
   Continuation next_;
   std::shared_ptr<CommFuture> result_; // a chained step once advanced: next_'s future
+  std::exception_ptr error_;           // a chained step whose continuation (or input) failed
 };
 
 } // namespace ddp

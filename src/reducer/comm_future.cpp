@@ -37,20 +37,32 @@ void CommFuture::advance(std::chrono::milliseconds timeout) {
 }
 
 bool CommFuture::advance_one(std::chrono::milliseconds timeout) {
+  if (error_) std::rethrow_exception(error_);
   if (result_) return result_->advance_one(timeout);
   if (!parent_) return false; // a leaf: nothing to run
-  // The earliest continuation not yet run, and only that one: a collective it issues is
-  // not waited for here.
-  if (parent_->advance_one(timeout)) return true;
-  const at::Tensor input = parent_->wait(timeout);
-  result_ = next_(input);
-  if (!result_) throw InvalidArgumentError("a CommFuture continuation returned a null future");
+  try {
+    // The earliest continuation not yet run, and only that one: a collective it issues
+    // is not waited for here.
+    if (parent_->advance_one(timeout)) return true;
+    const at::Tensor input = parent_->wait(timeout);
+    result_ = next_(input);
+    if (!result_) throw InvalidArgumentError("a CommFuture continuation returned a null future");
+  } catch (...) {
+    // Failed for good: waiting again rethrows, and never runs the continuation (and its
+    // collectives) a second time.
+    error_ = std::current_exception();
+    result_.reset();
+    parent_.reset();
+    next_ = nullptr;
+    throw;
+  }
   parent_.reset(); // its value is consumed: free it
   next_ = nullptr;
   return true;
 }
 
 at::Tensor CommFuture::wait(std::chrono::milliseconds timeout) {
+  if (error_) std::rethrow_exception(error_);
   if (parent_ || result_) {
     while (!result_) advance_one(timeout);
     return result_->wait(timeout);

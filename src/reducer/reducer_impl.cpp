@@ -305,7 +305,8 @@ Reducer::Impl::~Impl() {
     }
   }
   // A backward that raised and was never followed by another forward: complete its
-  // section (without waiting) so that the peers' collectives still pair up.
+  // section (without waiting, except for a hook's futures, whose continuations issue
+  // collectives) so that the peers' collectives still pair up.
   if (world_size_ > 1 && broken_.empty() && phase_ == Phase::kBackward && header_verified_) {
     try {
       complete_interrupted_section();
@@ -683,7 +684,7 @@ void Reducer::Impl::wait_ordered(Work& work) const {
   }
 }
 
-void Reducer::Impl::complete_interrupted_section() {
+void Reducer::Impl::complete_interrupted_section(std::unique_lock<std::mutex>* lock) {
   for (size_t b = next_to_launch_; b < buckets_.size(); ++b) {
     buckets_[b]->set_in_place(at::Tensor()); // never reduce garbage into a user's .grad
     if (comm_hook_) {
@@ -694,16 +695,19 @@ void Reducer::Impl::complete_interrupted_section() {
     stats.collectives += 1;
   }
   next_to_launch_ = buckets_.size();
-  // A hook's continuations issue collectives before the status exchange, as in finalize.
+  // A hook's continuations issue collectives before the status exchange, in finalize's
+  // order; a collective that does not complete (CommError, TimeoutError) ends it here,
+  // before any status is sent into a group out of step.
   if (comm_hook_ && !flags_work_) {
-    for (auto& future : futures_) {
-      try {
-        if (future) future->wait(hook_wait_timeout());
-      } catch (const std::exception& e) {
-        detail::log(detail::LogLevel::kWarn, rank_, "comm hook '{}' failed completing an interrupted backward: {}",
-                    comm_hook_->name(), e.what());
-      }
+    if (lock) lock->unlock();
+    std::exception_ptr failure;
+    try {
+      complete_hook_futures(iteration_, /*interrupted=*/true);
+    } catch (...) {
+      failure = std::current_exception();
     }
+    if (lock) lock->lock();
+    if (failure) std::rethrow_exception(failure);
   }
   if (!flags_work_ && deferred_) {
     at::Tensor flags = at::zeros({static_cast<int64_t>(parameters.size() + kStatusBytes)}, at::kByte);
@@ -741,7 +745,7 @@ void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lo
         }
         verify_header(); // a late peer may have arrived since; throws (broken) if out of step
       }
-      complete_interrupted_section();
+      complete_interrupted_section(&lock);
       for (auto& b : buckets_) {
         if (b->work()) pending.push_back(b->work());
       }
@@ -1328,7 +1332,8 @@ std::chrono::milliseconds Reducer::Impl::hook_wait_timeout() const {
 }
 
 void Reducer::Impl::record_hook_failure(size_t b, int64_t iteration, const std::string& what) {
-  if (hook_failed_bucket_ < 0) hook_failed_bucket_ = static_cast<int32_t>(b);
+  // The status names the hook only when its failure is the error this rank reports.
+  if (pending_error_.empty()) hook_failed_bucket_ = static_cast<int32_t>(b);
   record_error(fmt::format(
       "{} communication hook '{}' failed on bucket {} ({}) in iteration {}: {}. The gradients of this step are not "
       "averaged on any rank.",
@@ -1360,29 +1365,49 @@ void Reducer::Impl::run_hook(size_t b) {
   }
 }
 
-void Reducer::Impl::complete_hook_futures(int64_t iteration) {
-  const auto wait = hook_wait_timeout();
+void Reducer::Impl::complete_hook_futures(int64_t iteration, bool interrupted) {
+  // One deadline for the whole section: a peer that never completes it costs one timeout,
+  // not one per bucket (MPI completes in order, so every later wait would run out too).
+  const bool on_stream = comm_device_.is_cuda();
+  const auto limit = timeout();
+  const bool bounded = !on_stream && limit < std::chrono::hours(24 * 365);
+  const auto deadline = bounded ? Clock::now() + limit : Clock::time_point::max();
+  auto remaining = [&]() -> std::chrono::milliseconds {
+    if (!bounded) return hook_wait_timeout();
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    return std::max(left, std::chrono::milliseconds(1));
+  };
+  // A failure of the hook is recorded (or, for an interrupted section, only logged: that
+  // step is not averaged anyway); the group's own failure ends the wait.
+  auto hook_failed = [&](size_t b, const std::string& what) {
+    if (interrupted) {
+      detail::log(detail::LogLevel::kWarn, rank_,
+                  "communication hook '{}' failed on bucket {} while completing an interrupted backward: {}",
+                  comm_hook_->name(), b, what);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    record_hook_failure(b, iteration, what);
+  };
   // Advance first: each bucket's next collective is issued before the host waits for the
   // last step of any.
   for (size_t b = 0; b < futures_.size(); ++b) {
+    if (!futures_[b]) continue;
     try {
-      futures_[b]->advance(wait);
-    } catch (const Error& e) {
-      if (dynamic_cast<const CommError*>(&e)) throw; // the group failed: not the hook's doing
-      std::lock_guard<std::mutex> lock(mutex_);
-      record_hook_failure(b, iteration, e.what());
-      futures_[b] = CommFuture::ready(buckets_[b]->flat());
+      futures_[b]->advance(remaining());
+    } catch (const CommError&) {
+      throw; // the group failed: not the hook's doing
     } catch (const std::exception& e) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      record_hook_failure(b, iteration, e.what());
+      hook_failed(b, e.what());
       futures_[b] = CommFuture::ready(buckets_[b]->flat());
     }
   }
   for (size_t b = 0; b < futures_.size(); ++b) {
+    if (!futures_[b]) continue;
     detail::Bucket& bucket = *buckets_[b];
     std::string problem;
     try {
-      at::Tensor value = futures_[b]->wait(wait);
+      at::Tensor value = futures_[b]->wait(remaining());
       at::Tensor& flat = bucket.flat();
       if (!value.defined() || value.numel() != flat.numel() || value.scalar_type() != flat.scalar_type() ||
           value.device() != flat.device()) {
@@ -1399,10 +1424,7 @@ void Reducer::Impl::complete_hook_futures(int64_t iteration) {
     } catch (const std::exception& e) {
       problem = e.what();
     }
-    if (!problem.empty()) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      record_hook_failure(b, iteration, problem);
-    }
+    if (!problem.empty()) hook_failed(b, problem);
   }
 }
 

@@ -153,8 +153,9 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // mutex_ (released while waiting).
   void settle_interrupted_backward(std::unique_lock<std::mutex>& lock);
   // Launches the interrupted section's remaining buckets and its "abandoned" status
-  // exchange, without waiting. Caller holds mutex_ and has verified the header.
-  void complete_interrupted_section();
+  // exchange, without waiting (with a hook: after its futures, waited for with `lock`
+  // released when given). Caller holds mutex_ and has verified the header.
+  void complete_interrupted_section(std::unique_lock<std::mutex>* lock = nullptr);
   // Throws the sticky error once the ranks are known to be out of step.
   void throw_if_broken() const;
   // Throws ReductionError when a parameter's tensor, dtype, device or gradient
@@ -207,7 +208,9 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void run_hook(size_t b);
   // Advances every bucket's hook future in bucket order, then waits for each and writes
   // its value into the bucket; records the first hook failure. Without the lock.
-  void complete_hook_futures(int64_t iteration);
+  // `interrupted`: completing a section an exception cut short (failures only logged).
+  // Throws CommError (TimeoutError) when the group fails; one deadline for all buckets.
+  void complete_hook_futures(int64_t iteration, bool interrupted = false);
   void record_hook_failure(size_t b, int64_t iteration, const std::string& what);
   // How a hook's future is waited for: ordered on the stream on CUDA, on the host (with
   // the timeout) otherwise.
@@ -218,7 +221,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void queue_finalize();
   void reset_iteration();
   void record_error(std::string message);
-  // `flags`: the ranks' used-flag rows (world x (n + 1)); `local_used`: this rank's.
+  // `flags`: the ranks' used-flag rows (world x (n + kStatusBytes)); `local_used`: this rank's.
   void report_unused(const std::vector<int64_t>& used_by, const uint8_t* flags, const std::vector<char>& local_used,
                      int64_t iteration);
   std::string names_of(const std::vector<size_t>& indices) const;
@@ -287,7 +290,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   std::deque<PendingRead> pending_reads_;
   int64_t used_by_iteration_ = -1; // the iteration last_used_by_ describes
 
-  // Used flags and status exchanged by allgather: used_local_ (n + 1 bytes) -> used_all_.
+  // Used flags and status exchanged by allgather: used_local_ (n + kStatusBytes bytes) -> used_all_.
   at::Tensor used_local_;
   at::Tensor used_all_;
   at::Tensor used_local_host_;

@@ -18,6 +18,7 @@
 #include <ddp/join.h>
 
 #include "models.h"
+#include "throw_in_backward.h"
 #include "world.h"
 
 namespace {
@@ -530,6 +531,122 @@ TEST_CASE("Join with a hook: uneven inputs end with the same parameters on every
       for (size_t k = 0; k < params.size(); ++k) CHECK(torch::equal(params[k], reference[k]));
     }
   }
+}
+
+// A parameter no rank used hands PowerSGD an all-zero matrix: its state must stay finite
+// (0 / 0 in the orthogonalisation would poison Q and the error feedback for good).
+TEST_CASE("PowerSGD: a parameter unused on every rank for a while is averaged once it is used", "[hooks]") {
+  const int n = world().size();
+  ddp::hooks::PowerSGDOptions options;
+  options.start_powerSGD_iter = 1;
+  auto hook = ddp::hooks::powersgd(options);
+  Params params;
+  auto tensors = params.tensors();
+  ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
+  reducer.register_comm_hook(hook);
+  for (int it = 0; it < 3; ++it) {
+    auto grads = my_gradients(tensors, it);
+    step(reducer, {tensors[1], tensors[2]}, {grads[1], grads[2]}); // w unused on every rank
+    CHECK_FALSE(tensors[0].grad().defined());
+  }
+  for (const auto& [key, value] : hook->state()) {
+    CAPTURE(key);
+    if (value.is_floating_point()) CHECK(torch::isfinite(value).all().item<bool>());
+  }
+  step(reducer, tensors, my_gradients(tensors, 3));
+  REQUIRE(tensors[0].grad().defined());
+  CHECK(torch::isfinite(tensors[0].grad()).all().item<bool>());
+  CHECK(identical_across_ranks(tensors[0].grad()));
+  // The exactly sent ones (b, small) are the average.
+  for (size_t k = 1; k < 3; ++k) {
+    torch::Tensor exact = torch::zeros(tensors[k].sizes(), torch::kDouble);
+    for (int r = 0; r < n; ++r) exact += known_gradient(tensors[k], k, r, 3).to(torch::kDouble) / n;
+    CHECK(ddp::test::max_relative_error(tensors[k].grad(), exact) <= reduction_tolerance(torch::kFloat, n + 1));
+  }
+}
+
+// Three collectives per bucket, two of them from continuations, each a 1-element
+// all-reduce of a tag naming its bucket and step: a tag summed with another's shows
+// collectives that paired wrongly.
+class TaggedStepsHook final : public ddp::CommHook {
+ public:
+  std::string name() const override { return "tagged_steps"; }
+  std::shared_ptr<ddp::CommFuture> run(ddp::GradBucket& bucket) override {
+    ddp::ProcessGroup* group = &bucket.process_group();
+    at::Tensor buffer = bucket.buffer();
+    const size_t b = bucket.index();
+    auto tagged = [this, group, b](int s) {
+      at::Tensor t = torch::full({1}, tag(b, s));
+      return ddp::CommFuture::of(group->allreduce(t), t);
+    };
+    group->allreduce(buffer); // completes before the tags: collectives complete in order
+    return tagged(1)
+        ->then([this, tagged, b, group](const at::Tensor& v) {
+          check(v, b, 1, group->size());
+          return tagged(2);
+        })
+        ->then([this, tagged, b, group](const at::Tensor& v) {
+          check(v, b, 2, group->size());
+          return tagged(3);
+        })
+        ->then_map([this, buffer, b, group](const at::Tensor& v) {
+          check(v, b, 3, group->size());
+          return buffer;
+        });
+  }
+  std::vector<std::string> mismatches;
+
+ private:
+  static float tag(size_t b, int s) { return static_cast<float>(1 + 10 * b + s); }
+  void check(const at::Tensor& v, size_t b, int s, int world_size) {
+    const float got = v.item<float>();
+    if (got != world_size * tag(b, s)) mismatches.push_back(fmt::format("bucket {} step {}: {}", b, s, got));
+  }
+};
+
+TEST_CASE("an exception in one rank's backward: a hook's continuations still pair up", "[hooks][strict-only]") {
+  const int n = world().size();
+  Params params;
+  auto tensors = params.tensors();
+  auto hook = std::make_shared<TaggedStepsHook>();
+  ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
+  reducer.register_comm_hook(hook);
+  step(reducer, tensors, my_gradients(tensors, 0));
+  // Rank 0's backward raises after its later buckets launched (w's gradient is the last
+  // to arrive): the next forward completes the section the way finalize does.
+  std::string first;
+  try {
+    for (const auto& p : tensors) p.mutable_grad() = torch::Tensor();
+    reducer.prepare_for_forward();
+    auto grads = my_gradients(tensors, 1);
+    torch::Tensor loss = ddp::test::ThrowInBackward::apply((tensors[0] * grads[0]).sum(), world().rank() == 0) +
+                         (tensors[1] * grads[1]).sum() + (tensors[2] * grads[2]).sum();
+    reducer.prepare_for_backward({loss});
+    loss.backward();
+  } catch (const std::exception& e) {
+    first = e.what();
+  }
+  CHECK_FALSE(first.empty());
+  std::string second;
+  try {
+    step(reducer, tensors, my_gradients(tensors, 2));
+  } catch (const ddp::ReductionError& e) {
+    second = e.what();
+  }
+  if (world().rank() == 0) {
+    // Its forward raised before anything ran: it takes that batch again.
+    CHECK_THAT(second, Catch::Contains("did not finish"));
+    step(reducer, tensors, my_gradients(tensors, 2));
+  } else {
+    CHECK(second.empty());
+  }
+  // Back in step: the next one is averaged.
+  step(reducer, tensors, my_gradients(tensors, 3));
+  torch::Tensor exact = torch::zeros(tensors[1].sizes(), torch::kDouble);
+  for (int r = 0; r < n; ++r) exact += known_gradient(tensors[1], 1, r, 3).to(torch::kDouble) / n;
+  CHECK(ddp::test::max_relative_error(tensors[1].grad(), exact) <= reduction_tolerance(torch::kFloat, n + 1));
+  CAPTURE(hook->mismatches);
+  CHECK(hook->mismatches.empty());
 }
 
 } // namespace

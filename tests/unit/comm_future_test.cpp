@@ -35,6 +35,16 @@ TEST_CASE("CommFuture: errors of a continuation and of the work come out of wait
   });
   CHECK_THROWS_WITH(failing->wait(), Catch::Contains("decompression failed"));
 
+  // A continuation that failed is not run again by a second wait (it may issue collectives).
+  int runs = 0;
+  auto once = ddp::CommFuture::ready(torch::ones({1}))->then([&runs](const at::Tensor&) -> std::shared_ptr<ddp::CommFuture> {
+    ++runs;
+    throw std::runtime_error("the hook failed");
+  });
+  CHECK_THROWS_WITH(once->wait(), Catch::Contains("the hook failed"));
+  CHECK_THROWS_WITH(once->wait(), Catch::Contains("the hook failed"));
+  CHECK(runs == 1);
+
   auto work = std::make_shared<ddp::Work>("allreduce of 1 x Float", 1, 0);
   auto of_work = ddp::CommFuture::of(work, torch::ones({1}));
   work->finish(std::make_exception_ptr(ddp::CommError("the peer is gone")));

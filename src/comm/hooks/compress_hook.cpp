@@ -1,10 +1,14 @@
 #include "comm/hooks/compress_hook.h"
 
+#include <c10/core/StreamGuard.h>
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
 #include <ddp/error.h>
 #include <ddp/hooks.h>
+
+#include "comm/hooks/hook_stream.h"
 
 namespace ddp::hooks {
 namespace {
@@ -35,7 +39,9 @@ std::shared_ptr<CommFuture> CompressHook::run(GradBucket& bucket) {
   const at::Tensor& buffer = bucket.buffer();
   if (buffer.scalar_type() == dtype_) return inner_->run(bucket);
   GradBucket compressed = bucket.with_buffer(buffer.to(dtype_));
-  return inner_->run(compressed)->then_map([buffer](const at::Tensor& reduced) {
+  const std::optional<c10::Stream> stream = current_stream(buffer.device());
+  return inner_->run(compressed)->then_map([buffer, stream](const at::Tensor& reduced) {
+    const c10::OptionalStreamGuard on_stream(stream); // where the cast in was queued
     at::Tensor out = buffer;
     out.copy_(reduced); // the cast back, into the bucket
     return out;

@@ -1,7 +1,10 @@
 #include "comm/hooks/powersgd_hook.h"
 
+#include "comm/hooks/hook_stream.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/StreamGuard.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -74,7 +77,9 @@ void PowerSGDHook::orthogonalize(at::Tensor& matrix, double epsilon) {
     at::Tensor column = matrix.narrow(1, i, 1);
     at::Tensor norm = at::linalg_vector_norm(column, 2);
     if (epsilon > 0) norm = norm + epsilon;
-    column.div_(norm);
+    // A zero column (an all-zero gradient) stays zero instead of 0 / 0 = NaN, which would
+    // spread through P, Q and the error feedback; decided on the device, no host sync.
+    column.div_(at::where(norm > 0, norm, at::ones_like(norm)));
     if (i + 1 < r) {
       at::Tensor rest = matrix.narrow(1, i + 1, r - i - 1);
       rest.sub_(at::mm(column, at::mm(column.t(), rest)));
@@ -83,13 +88,17 @@ void PowerSGDHook::orthogonalize(at::Tensor& matrix, double epsilon) {
 }
 
 at::Tensor& PowerSGDHook::q_for(const std::string& name, int64_t cols, int64_t rank,
-                                const at::TensorOptions& options) {
+                                const at::TensorOptions& options, int64_t iteration) {
   at::Tensor& q = q_[name];
-  const bool fits = q.defined() && q.size(0) == cols && q.size(1) == rank && q.device() == options.device() &&
-                    q.scalar_type() == options.dtype().toScalarType();
+  const bool fits = q.defined() && q.dim() == 2 && q.size(0) == cols && q.size(1) == rank;
+  if (fits && (q.device() != options.device() || q.scalar_type() != options.dtype().toScalarType())) {
+    q = q.to(options); // loaded from a checkpoint on another device: moved once
+  }
   if (!fits || !options_.warm_start) {
-    // Drawn on the CPU from a seeded generator: the same on every rank and device.
-    at::Generator generator = at::detail::createCPUGenerator(seed_for(options_.random_seed, name));
+    // Drawn on the CPU from a seeded generator: the same on every rank and device, and a
+    // new one each iteration (without warm start, each step starts from a fresh Q).
+    at::Generator generator = at::detail::createCPUGenerator(
+        seed_for(options_.random_seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(iteration), name));
     at::Tensor fresh = at::randn({cols, rank}, generator, options.device(at::kCPU));
     orthogonalize(fresh, options_.orthogonalization_epsilon);
     if (options.device().is_cpu()) {
@@ -105,10 +114,16 @@ at::Tensor& PowerSGDHook::q_for(const std::string& name, int64_t cols, int64_t r
 }
 
 std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
+  auto future = run_step(bucket, iteration_);
+  // Counted once run_step has succeeded: a run that threw, and the reducer's second run on
+  // the zeroed bucket, count once together.
+  if (bucket.is_last()) iteration_ += 1;
+  return future;
+}
+
+std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t iteration) {
   ProcessGroup& group = bucket.process_group();
   const at::Tensor& buffer = bucket.buffer();
-  const int64_t iteration = iteration_;
-  if (bucket.is_last()) iteration_ += 1;
   if (iteration < options_.start_powerSGD_iter) {
     return CommFuture::of(group.allreduce(buffer), buffer);
   }
@@ -124,7 +139,7 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
   int64_t q_size = 0;
   for (size_t k = 0; k < gradients.size(); ++k) {
     const at::Tensor& g = gradients[k];
-    if (g.dim() >= 2) {
+    if (g.dim() >= 2 && g.numel() > 0) {
       const int64_t n = g.size(0);
       const int64_t m = g.numel() / n;
       const int64_t r = std::min({options_.matrix_approximation_rank, n, m});
@@ -144,7 +159,11 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
     for (size_t c = 0; c < compressed_index.size(); ++c) {
       const size_t k = compressed_index[c];
       at::Tensor& error = error_[names[k]];
-      if (error.defined() && error.sizes() == gradients[k].sizes() && error.device() == buffer.device()) {
+      if (error.defined() && error.sizes() == gradients[k].sizes()) {
+        // A checkpoint may bring it from another device or dtype: moved once.
+        if (error.device() != buffer.device() || error.scalar_type() != buffer.scalar_type()) {
+          error = error.to(buffer.options());
+        }
         gradients[k].add_(error);
       }
     }
@@ -160,7 +179,9 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
     plain_work = group.allreduce(plain_flat);
   }
   if (compressed_index.empty()) {
-    return CommFuture::of(plain_work, plain_flat)->then_map([buffer, gradients, plain](const at::Tensor& reduced) {
+    const std::optional<c10::Stream> stream = current_stream(buffer.device());
+    return CommFuture::of(plain_work, plain_flat)->then_map([buffer, gradients, plain, stream](const at::Tensor& reduced) {
+      const c10::OptionalStreamGuard on_stream(stream);
       int64_t offset = 0;
       for (size_t k : plain) {
         const int64_t numel = gradients[k].numel();
@@ -181,7 +202,7 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
     const auto [n, m, r] = shape[c];
     Compressed item{names[k], gradients[k], gradients[k].view({n, m}), p_all.narrow(0, p_offset, n * r).view({n, r}),
                     q_all.narrow(0, q_offset, m * r).view({m, r})};
-    item.q.copy_(q_for(names[k], m, r, options));
+    item.q.copy_(q_for(names[k], m, r, options, iteration));
     at::mm_out(item.p, item.matrix, item.q);
     p_offset += n * r;
     q_offset += m * r;
@@ -190,11 +211,15 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
   std::shared_ptr<Work> p_work = group.allreduce(p_all);
 
   const double world = static_cast<double>(group.size());
+  // The continuations queue their kernels where run() queued its own (CUDA: the
+  // backward's stream), whichever stream the reducer's caller has.
+  const std::optional<c10::Stream> stream = current_stream(buffer.device());
   const bool error_feedback = options_.use_error_feedback;
   const double epsilon = options_.orthogonalization_epsilon;
   ProcessGroup* pg = &group;
-  return CommFuture::of(p_work, p_all)
-      ->then([this, pg, work, q_all, epsilon](const at::Tensor&) {
+  return CommFuture::of(std::move(p_work), p_all)
+      ->then([this, pg, work, q_all, epsilon, stream](const at::Tensor&) {
+        const c10::OptionalStreamGuard on_stream(stream);
         // Every rank holds the same summed P, so every rank finds the same basis.
         for (const auto& item : work) {
           at::Tensor p = item.p;
@@ -203,8 +228,9 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
         }
         return CommFuture::of(pg->allreduce(q_all), q_all);
       })
-      ->then_map([this, buffer, gradients, plain, plain_work, plain_flat, work, world, error_feedback](
+      ->then_map([this, buffer, gradients, plain, plain_work, plain_flat, work, world, error_feedback, stream](
                      const at::Tensor&) {
+        const c10::OptionalStreamGuard on_stream(stream);
         if (plain_work) {
           plain_work->wait(Work::kNoTimeout); // issued before P: complete already on the CPU
           int64_t offset = 0;
@@ -222,7 +248,16 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
             error_[item.name] = (item.matrix - approximation / world).view(item.gradient.sizes());
           }
           const_cast<at::Tensor&>(item.matrix).copy_(approximation);
-          q_[item.name] = item.q.clone(); // warm start: the next iteration begins from this Q
+          // Warm start: the next iteration begins from this Q. A column that came out zero
+          // (the gradient was all zeros: a parameter no rank used) would stay zero for
+          // good (P = M 0), so such a column keeps the Q it started from.
+          const at::Tensor started = q_.count(item.name) ? q_[item.name] : at::Tensor();
+          if (started.defined() && started.sizes() == item.q.sizes()) {
+            const at::Tensor kept = at::linalg_vector_norm(item.q, 2, {0}, /*keepdim=*/true) > 0;
+            q_[item.name] = at::where(kept, item.q, started);
+          } else {
+            q_[item.name] = item.q.clone();
+          }
         }
         return buffer;
       });

@@ -31,8 +31,10 @@ class PowerSGDHook final : public CommHook {
   static void orthogonalize(at::Tensor& matrix, double epsilon);
 
  private:
+  std::shared_ptr<CommFuture> run_step(GradBucket& bucket, int64_t iteration);
   // The Q of parameter `name` (m x r), new and random unless warm_start kept one.
-  at::Tensor& q_for(const std::string& name, int64_t cols, int64_t rank, const at::TensorOptions& options);
+  at::Tensor& q_for(const std::string& name, int64_t cols, int64_t rank, const at::TensorOptions& options,
+                    int64_t iteration);
 
   const PowerSGDOptions options_;
   int64_t iteration_ = 0; // backward passes this hook has seen (counted at the last bucket)
