@@ -17,6 +17,14 @@ communication library's share can be told from the reducer's.
     python3 bench/compare_torch.py --models mlp,small,convnet,deepsup --markdown
     python3 bench/compare_torch.py --quick               # the smoke test (seconds)
     python3 bench/compare_torch.py --cluster ddp --models mlp,resnet   # across simulated hosts
+    python3 bench/compare_torch.py --models mlp --comm-hook allreduce,fp16,bf16,powersgd
+
+With --comm-hook each side also trains once per communication hook (PyTorch's built-ins from
+torch.distributed.algorithms.ddp_comm_hooks, libddp's ddp::hooks), interleaved with the
+hookless trainers, and a table per model gives each hook's step time on both sides, their
+ratio, and the bytes each sends per step: libddp's measured
+(ReducerStats::hook_bytes_per_iteration), PyTorch's computed from the parameters' shapes by
+the same rule (PyTorch does not count them).
 
 Both sides run on this machine only: torch ranks rendezvous on 127.0.0.1 at a free port.
 With --cluster NAME (a cluster that scripts/cluster.sh brought up) every rank runs on a
@@ -44,6 +52,7 @@ import time
 import traceback
 
 MODELS = ("mlp", "small", "convnet", "deepsup")  # "all"
+COMM_HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "noop")  # ddp_bench --comm-hook's names
 EXTRA_MODELS = ("resnet",)                     # on request only, as in ddp_bench
 BATCH = {"mlp": 32, "small": 64, "convnet": 16, "deepsup": 32, "resnet": 8}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +78,44 @@ def percentile(values, q):
     lo = int(pos)
     hi = min(lo + 1, len(v) - 1)
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def hook_bytes(hook, shapes, element_size, rank):
+    """Bytes a hook hands its collectives per step for parameters of these shapes (all of
+    `element_size`, float32 here), by the rule libddp's hooks follow and PyTorch's built-ins
+    send: allreduce (and no hook) the gradients; fp16/bf16 two bytes an element; noop none;
+    powersgd, per parameter of two or more dimensions seen as n x m (n = shape[0],
+    m = numel / n) with r = min(rank, n, m), (n + m) r elements when n m >= 2 (n + m) r
+    (min_compression_rate 2), else n m; parameters of one dimension whole. (PyTorch's
+    _should_compress tests 2 (n + m) r < n m: the two differ only at equality, which none
+    of the bench's models has.)"""
+    numels = [_numel(s) for s in shapes]
+    if hook in (None, "", "allreduce"):
+        return sum(numels) * element_size
+    if hook in ("fp16", "bf16"):
+        return sum(numels) * 2
+    if hook == "noop":
+        return 0
+    if hook != "powersgd":
+        raise ValueError(f"unknown hook {hook!r}")
+    total = 0
+    for shape, numel in zip(shapes, numels):
+        if len(shape) >= 2 and numel > 0:
+            n = shape[0]
+            m = numel // n
+            r = min(rank, n, m)
+            if n * m >= 2 * (n + m) * r:
+                total += (n + m) * r
+                continue
+        total += numel
+    return total * element_size
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 # ----------------------------------------------------------------------------------------
@@ -270,6 +317,49 @@ def worker_main(args):
         dist.all_reduce(t)
         return (t / world).tolist()
 
+    def register_hook(model, hook):
+        """PyTorch's built-in hook of ddp_bench's name for it."""
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+        if hook == "allreduce":
+            model.register_comm_hook(None, default_hooks.allreduce_hook)
+        elif hook == "fp16":
+            model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        elif hook == "bf16":
+            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
+        elif hook == "noop":
+            def noop_hook(state, bucket):
+                fut = torch.futures.Future()
+                fut.set_result(bucket.buffer())
+                return fut
+
+            model.register_comm_hook(None, noop_hook)
+        elif hook == "powersgd":
+            # PyTorch refuses start_powerSGD_iter <= 1 with error feedback or warm start
+            # (DDP rebuilds its buckets after the first iteration): at least 2.
+            state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=args.powersgd_rank,
+                                                start_powerSGD_iter=max(args.powersgd_start, 2),
+                                                min_compression_rate=2, use_error_feedback=True, warm_start=True)
+            if cuda:
+                model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+            else:
+                # On gloo the stock hook breaks with two or more buckets: it issues each
+                # bucket's P and Q all-reduces from completion callbacks (gloo's threads) while
+                # the autograd thread issues the next bucket's, so the ranks issue them in
+                # different orders ("Received data size doesn't match expected size ... collective
+                # mismatch", or a hang). Waiting for each bucket's chain inside its hook keeps the
+                # order, at the cost of that bucket's overlap with the rest of backward.
+                def serialized_powersgd_hook(state, bucket):
+                    fut = powerSGD_hook.powerSGD_hook(state, bucket)
+                    fut.wait()
+                    return fut
+
+                model.register_comm_hook(state, serialized_powersgd_hook)
+        else:
+            raise ValueError(f"unknown hook {hook!r}")
+
+    hooks = args.hook_list
+
     def timed_allreduce_hook(log, state, bucket):
         """The default all-reduce (divide, then sum), timed: when DDP handed the bucket
         over, and when its future completed."""
@@ -303,16 +393,23 @@ def worker_main(args):
 
         trainers = []
         param_bytes = 0
-        for mode in ("local", "ddp"):
+        shapes, element_size = [], 4
+        # The hookless DDP, then one DDP per hook ("ddp+fp16"), as ddp_bench orders them.
+        for mode in ["local", "ddp"] + [f"ddp+{h}" for h in hooks]:
             torch.manual_seed(1)
             net = ctor().to(device)
             opt = torch.optim.SGD(net.parameters(), lr=0.01)
-            param_bytes = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
+            trainable = [p for p in net.parameters() if p.requires_grad]
+            param_bytes = sum(p.numel() * p.element_size() for p in trainable)
+            shapes = [list(p.shape) for p in trainable]
+            element_size = trainable[0].element_size() if trainable else 4
             model = net
-            if mode == "ddp":
+            if mode.startswith("ddp"):
                 model = DDP(net, device_ids=[device.index] if cuda else None,
                             bucket_cap_mb=args.bucket_cap_mb,
                             find_unused_parameters=(name == "deepsup"))
+                if "+" in mode:
+                    register_hook(model, mode.split("+", 1)[1])
 
             def step(i, model=model, opt=opt):
                 opt.zero_grad()
@@ -401,6 +498,11 @@ def worker_main(args):
                                          "p90_ms": percentile(t["windows"], 0.9),
                                          "windows_ms": t["windows"],
                                          "link_tx_bytes_per_s": tx, "link_rx_bytes_per_s": rx}
+            if "+" in t["mode"]:
+                hook = t["mode"].split("+", 1)[1]
+                entry["modes"][t["mode"]]["comm_hook"] = hook
+                entry["modes"][t["mode"]]["bytes_per_step"] = hook_bytes(hook, shapes, element_size,
+                                                                         args.powersgd_rank)
         entry["modes"]["ddp"].update(timeline)
         out["models"][name] = entry
         del trainers
@@ -464,6 +566,9 @@ def run_torch_round(args, workdir, tag):
            "--timeline-steps", str(args.timeline_steps)]
     if args.link_dev:
         cmd += ["--link-dev", args.link_dev]
+    if args.comm_hook:
+        cmd += ["--comm-hook", ",".join(args.hook_list), "--powersgd-rank", str(args.powersgd_rank),
+                "--powersgd-start", str(args.powersgd_start)]
     if args.cluster:
         cmd = [CLUSTER_SH, "--name", args.cluster, "run", "--launch", "env", "--"] + cmd
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore",
@@ -551,6 +656,9 @@ def run_libddp_round(args, workdir, tag):
             cmd.append("--find-unused")
         if args.link_dev:
             cmd += ["--link-dev", args.link_dev]
+        if args.comm_hook:
+            cmd += ["--comm-hook", ",".join(args.hook_list), "--powersgd-rank", str(args.powersgd_rank),
+                    "--powersgd-start", str(args.powersgd_start)]
         env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                    OMP_NUM_THREADS=str(args.threads))
         logpath = os.path.join(workdir, f"libddp_{tag}_{i}.log")
@@ -660,6 +768,8 @@ def summarize(args, torch_runs, libddp_runs):
         s["libddp"]["comm_ms"] = med([x.get("comm_ms", -1) for x in lddp])
         s["parameter_bytes"] = torch_runs[-1]["models"][name]["parameter_bytes"]
         s["batch_per_rank"] = torch_runs[-1]["models"][name]["batch"]
+        if args.hook_list:
+            s["comm_hooks"] = summarize_hooks(args, name, s, torch_runs, libddp_runs)
         for side in ("torch", "libddp"):
             loc, ddp = s[side]["local"]["median_ms"], s[side]["ddp"]["median_ms"]
             s[side]["overhead_ms"] = ddp - loc
@@ -671,6 +781,90 @@ def summarize(args, torch_runs, libddp_runs):
         s["overhead_ratio"] = l_ov / t_ov if t_ov > 0 else float("nan")
         summary[name] = s
     return summary
+
+
+def summarize_hooks(args, name, s, torch_runs, libddp_runs):
+    """Per hook (and "none": the hookless DDP of the same runs): both sides' step times,
+    medians over the rounds, their ratio, and the bytes each sends per step."""
+    plain_bytes = s["parameter_bytes"]
+    out = {}
+    for hook in ["none"] + args.hook_list:
+        mode = "ddp" if hook == "none" else f"ddp+{hook}"
+        tv = [r["models"][name]["modes"][mode] for r in torch_runs]
+        lv = [next(x for x in r["results"] if x["model"] == name and x["mode"] == mode) for r in libddp_runs]
+        h = {"torch": {"median_ms": med([v["median_ms"] for v in tv]), "p90_ms": med([v["p90_ms"] for v in tv]),
+                       "rounds_ms": [v["median_ms"] for v in tv],
+                       # computed from the shapes (hook_bytes): PyTorch counts nothing
+                       "bytes_per_step": tv[-1].get("bytes_per_step", plain_bytes)},
+             "libddp": {"median_ms": med([v["median_ms"] for v in lv]), "p90_ms": med([v["p90_ms"] for v in lv]),
+                        "rounds_ms": [v["median_ms"] for v in lv],
+                        "comm_hook": lv[-1].get("comm_hook", ""),
+                        # measured: ReducerStats::hook_bytes_per_iteration (bytes_per_iteration without a hook)
+                        "bytes_per_step": lv[-1].get("bytes_sent_per_step", lv[-1]["bytes_per_step"]),
+                        "allreduce_bytes_per_step": lv[-1]["bytes_per_step"]}}
+        t_ms, l_ms = h["torch"]["median_ms"], h["libddp"]["median_ms"]
+        h["step_ratio"] = l_ms / t_ms if t_ms > 0 else float("nan")
+        lb = h["libddp"]["allreduce_bytes_per_step"]
+        h["libddp"]["bytes_vs_allreduce"] = h["libddp"]["bytes_per_step"] / lb if lb > 0 else float("nan")
+        h["torch"]["bytes_vs_allreduce"] = h["torch"]["bytes_per_step"] / plain_bytes if plain_bytes else float("nan")
+        # libddp's measured figure against the rule's (1.0: the hook sent what the rule says).
+        h["libddp"]["bytes_vs_rule"] = (h["libddp"]["bytes_per_step"] / h["torch"]["bytes_per_step"]
+                                        if h["torch"]["bytes_per_step"] > 0 else float("nan"))
+        out[hook] = h
+    return out
+
+
+def hook_rows(s):
+    def mib(b):
+        return fmt(b / 1048576.0, ".3f")
+
+    def ratio(v):
+        return fmt(v, ".4f") + (f" (1/{1 / v:.1f})" if v == v and 0 < v < 0.99 else "")
+
+    rows = []
+    for hook, h in s["comm_hooks"].items():
+        t, l = h["torch"], h["libddp"]
+        rows.append((hook, fmt(t["median_ms"]), fmt(l["median_ms"]), fmt(h["step_ratio"]),
+                     mib(t["bytes_per_step"]), mib(l["bytes_per_step"]), ratio(t["bytes_vs_allreduce"]),
+                     ratio(l["bytes_vs_allreduce"])))
+    return rows
+
+
+def print_hook_table(name, s, args, markdown):
+    head = ("hook", "PyTorch ms", "libddp ms", "libddp/torch", "PyTorch MiB/step", "libddp MiB/step",
+            "PyTorch vs allreduce", "libddp vs allreduce")
+    rows = hook_rows(s)
+    start = max(args.powersgd_start, 2)
+    title = (f"model {name}, communication hooks: step medians over {args.rounds} round(s); MiB sent per step "
+             f"(PyTorch: computed from the shapes; libddp: measured, ReducerStats::hook_bytes_per_iteration); "
+             f"\"none\": DDP without a hook, the same runs")
+    print()
+    if markdown:
+        print(f"**{title}**\n")
+        print("| " + " | ".join(head) + " |")
+        print("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        print()
+    else:
+        print(title)
+        w = [max(len(head[i]), max(len(r[i]) for r in rows)) for i in range(len(head))]
+        print("  " + "  ".join(f"{head[i]:<{w[i]}}" if i == 0 else f"{head[i]:>{w[i]}}" for i in range(len(head))))
+        for r in rows:
+            print("  " + "  ".join(f"{r[i]:<{w[i]}}" if i == 0 else f"{r[i]:>{w[i]}}" for i in range(len(head))))
+    for hook, h in s["comm_hooks"].items():
+        if hook == "none":
+            continue
+        l = h["libddp"]
+        per_round = lambda side: ", ".join(fmt(v) for v in h[side]["rounds_ms"])  # noqa: E731
+        print(f"  {hook}: libddp {l['comm_hook']}; per round (ms) PyTorch {per_round('torch')} | "
+              f"libddp {per_round('libddp')}; libddp sent {fmt(l['bytes_vs_rule'], '.3f')} x the rule's bytes"
+              + (f"; PyTorch PowerSGDState(matrix_approximation_rank={args.powersgd_rank}, "
+                 f"start_powerSGD_iter={start}, min_compression_rate=2, use_error_feedback=True, warm_start=True)"
+                 + (", each bucket's chain waited in its hook (on gloo the stock hook's callbacks issue "
+                    "the ranks' collectives in different orders with two or more buckets)"
+                    if args.device == "cpu" else "")
+                 if hook == "powersgd" else ""))
 
 
 def fmt(v, spec=".2f"):
@@ -766,6 +960,8 @@ def print_tables(summary, args, info, markdown):
         if l["bytes_per_step"] and l["bytes_per_step"] != s["parameter_bytes"]:
             print(f"  note: libddp reduces {l['bytes_per_step']} bytes a step, the model has "
                   f"{s['parameter_bytes']} parameter bytes")
+        if "comm_hooks" in s:
+            print_hook_table(name, s, args, markdown)
 
 
 def parse_args(argv):
@@ -798,6 +994,14 @@ def parse_args(argv):
                    help="report each mode's bytes/s through IFACE (its /sys/class/net counters)")
     p.add_argument("--timeline-steps", type=int, default=5,
                    help="extra steps timed by a comm hook for PyTorch's hidden share (CPU; 0: off; default 5)")
+    p.add_argument("--comm-hook", default=None, metavar="NAME[,NAME]",
+                   help="also train with each communication hook, on both sides: " + ", ".join(COMM_HOOKS)
+                        + " (PyTorch's ddp_comm_hooks built-ins; libddp's ddp::hooks); default none")
+    p.add_argument("--powersgd-rank", type=int, default=4,
+                   help="PowerSGD matrix_approximation_rank, both sides (default 4)")
+    p.add_argument("--powersgd-start", type=int, default=2,
+                   help="PowerSGD start_powerSGD_iter (default 2: every timed step compresses after the "
+                        "warm-up); PyTorch's is max(N, 2), as it refuses less with error feedback")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -827,6 +1031,12 @@ def parse_args(argv):
         args.link_dev = args.link_dev or "eth0"
         args.link_rate = conf.get("rate", "?")
         args.link_gbit = rate_gbit(args.link_rate)
+    args.hook_list = [h for h in (args.comm_hook or "").split(",") if h]
+    bad = [h for h in args.hook_list if h not in COMM_HOOKS]
+    if bad or (args.comm_hook is not None and not args.hook_list):
+        p.error(f"unknown comm hook(s) {', '.join(bad) or '(none)'}: choose from {', '.join(COMM_HOOKS)}")
+    if args.powersgd_rank < 1 or args.powersgd_start < 0:
+        p.error("--powersgd-rank must be >= 1, --powersgd-start >= 0")
     if min(args.np, args.threads, args.iterations, args.window, args.rounds) < 1 or args.warmup < 0:
         p.error("--np, --threads, --iterations, --window and --rounds must be >= 1, --warmup >= 0")
     return args
@@ -886,7 +1096,9 @@ def main(argv):
     print(f"settings: models {','.join(args.model_list)}; {args.np} ranks, {args.threads} thread(s) per rank, "
           f"device {args.device}; {args.iterations} timed steps per mode in windows of {args.window}, "
           f"{args.warmup} warm-up; {args.rounds} round(s); bucket_cap_mb {args.bucket_cap_mb:g}; "
-          f"ddp_bench {os.path.relpath(args.bench)}")
+          f"ddp_bench {os.path.relpath(args.bench)}"
+          + (f"; comm hooks {','.join(args.hook_list)} (powersgd rank {args.powersgd_rank}, start_powerSGD_iter "
+             f"{args.powersgd_start} libddp, {max(args.powersgd_start, 2)} PyTorch)" if args.hook_list else ""))
     sys.stdout.flush()
 
     torch_runs, libddp_runs = [], []
@@ -904,7 +1116,8 @@ def main(argv):
     if args.json_out:
         doc = {"machine": info,
                "settings": {k: getattr(args, k) for k in ("np", "threads", "iterations", "warmup", "window",
-                                                          "rounds", "bucket_cap_mb", "device")}
+                                                          "rounds", "bucket_cap_mb", "device", "hook_list",
+                                                          "powersgd_rank", "powersgd_start")}
                | {"models": args.model_list, "bench": args.bench},
                "summary": summary, "torch_runs": torch_runs, "libddp_runs": libddp_runs}
         with open(args.json_out, "w") as f:

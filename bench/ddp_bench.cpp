@@ -4,12 +4,14 @@
 //   mpirun -np 2 build/bench/ddp_bench                     # every model, CPU, table
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --json out.json
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --sweep 0.25,1,4,16,64 --sweep-out sweep
+//   mpirun -np 2 build/bench/ddp_bench --model mlp --mode ddp --comm-hook allreduce,fp16,bf16,powersgd
 //   scripts/cluster.sh mpirun -np 2 build/bench/ddp_bench --model mlp,resnet --link-dev eth0
 //                                                          # across simulated hosts (docs/cluster.md)
 //
 // Modes run interleaved window by window (local, ddp, naive, local, ddp, ...) so that
 // drift in the machine's speed hits them alike. Rank 0 prints; every rank computes.
 #include <ddp/ddp.h>
+#include <ddp/hooks.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -52,7 +54,12 @@ struct Config {
   std::string sweep_label;    // appended to the sweep's title (e.g. the link)
   std::string timeline_path;
   std::string link_dev; // NIC whose byte counters are read around each timed window
+  std::vector<std::string> comm_hooks; // each DDP mode also runs once per hook ("ddp+fp16")
+  int64_t powersgd_rank = 4;
+  int64_t powersgd_start = 2; // within the warm-up: every timed step compresses
 };
+
+const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
 
 [[noreturn]] void usage(int rc) {
   std::printf(
@@ -78,7 +85,16 @@ struct Config {
       "  --sweep-passes N        passes over the caps in turn; medians over passes (default 1)\n"
       "  --sweep-label TEXT      appended to the sweep's title (e.g. '2 hosts, 1 Gbit/s links')\n"
       "  --timeline PATH         write the DDP mode's Chrome-trace timeline (PATH.rank<R>.json)\n"
-      "  --link-dev IFACE        bytes/s each mode moved through IFACE (/sys/class/net/IFACE), mean over ranks\n");
+      "  --link-dev IFACE        bytes/s each mode moved through IFACE (/sys/class/net/IFACE), mean over ranks\n"
+      "  --comm-hook NAME[,NAME] communication hooks: allreduce, fp16, bf16, powersgd, noop (default: none).\n"
+      "                          Each DDP mode also runs once per hook, registered right after the wrapper is\n"
+      "                          made, as its own mode (ddp+fp16, ...) next to the hookless one; the table adds\n"
+      "                          the bytes each sends per step (ReducerStats::hook_bytes_per_iteration) and\n"
+      "                          their ratio to plain all-reduce's. noop sends nothing: never for training\n"
+      "  --powersgd-rank R       PowerSGDOptions::matrix_approximation_rank (default 4)\n"
+      "  --powersgd-start N      PowerSGDOptions::start_powerSGD_iter (default 2: plain all-reduce for the\n"
+      "                          first 2 steps, so with the default --warmup 5 every timed step compresses;\n"
+      "                          a start past the warm-up times uncompressed steps too)\n");
   std::exit(rc);
 }
 
@@ -123,6 +139,9 @@ Config parse(int argc, char** argv) {
     else if (a == "--sweep-label") c.sweep_label = value();
     else if (a == "--timeline") c.timeline_path = value();
     else if (a == "--link-dev") c.link_dev = value();
+    else if (a == "--comm-hook") c.comm_hooks = split(value());
+    else if (a == "--powersgd-rank") c.powersgd_rank = std::stoll(value());
+    else if (a == "--powersgd-start") c.powersgd_start = std::stoll(value());
     else {
       std::fprintf(stderr, "ddp_bench: unknown option %s\n", a.c_str());
       usage(2);
@@ -138,7 +157,33 @@ Config parse(int argc, char** argv) {
       usage(2);
     }
   }
+  for (const auto& h : c.comm_hooks) {
+    if (h != "allreduce" && h != "fp16" && h != "bf16" && h != "powersgd" && h != "noop") {
+      std::fprintf(stderr, "ddp_bench: unknown communication hook '%s' (%s)\n", h.c_str(), kHookNames);
+      usage(2);
+    }
+  }
+  if (c.powersgd_rank < 1 || c.powersgd_start < 0) {
+    std::fprintf(stderr, "ddp_bench: --powersgd-rank must be >= 1, --powersgd-start >= 0\n");
+    usage(2);
+  }
+  if (!c.comm_hooks.empty() && !c.sweep_caps.empty()) {
+    std::fprintf(stderr, "ddp_bench: --sweep times plain ddp only; run it without --comm-hook\n");
+    usage(2);
+  }
   return c;
+}
+
+// A new hook of the bench's name for it (each DDP wrapper its own: PowerSGD keeps state).
+std::shared_ptr<ddp::CommHook> make_comm_hook(const Config& cfg, const std::string& name) {
+  if (name == "allreduce") return ddp::hooks::allreduce();
+  if (name == "fp16") return ddp::hooks::fp16_compress();
+  if (name == "bf16") return ddp::hooks::bf16_compress();
+  if (name == "noop") return ddp::hooks::noop();
+  ddp::hooks::PowerSGDOptions options;
+  options.matrix_approximation_rank = cfg.powersgd_rank;
+  options.start_powerSGD_iter = cfg.powersgd_start;
+  return ddp::hooks::powersgd(options);
 }
 
 double percentile(std::vector<double> v, double q) {
@@ -150,8 +195,14 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (v[hi] - v[lo]) * (pos - lo);
 }
 
-// The modes that train through DistributedDataParallel.
-bool is_ddp_mode(const std::string& mode) { return mode == "ddp" || mode == "ddp_fu" || mode == "ddp_join"; }
+// The mode of a label: "ddp+fp16" is mode ddp with the fp16 hook.
+std::string base_mode(const std::string& label) { return label.substr(0, label.find('+')); }
+
+// The modes that train through DistributedDataParallel (with or without a hook).
+bool is_ddp_mode(const std::string& label) {
+  const std::string mode = base_mode(label);
+  return mode == "ddp" || mode == "ddp_fu" || mode == "ddp_join";
+}
 
 double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
@@ -159,7 +210,8 @@ double ms_since(Clock::time_point t) {
 
 // One trainer: a model, its optimizer, the step, and the mode's communication.
 struct Trainer {
-  std::string mode;
+  std::string mode;      // the label: the mode, and "+HOOK" with a communication hook
+  std::string comm_hook; // the registered hook's name() ("" without one)
   std::function<void(int)> step; // one full training step of iteration i
   std::function<const ddp::Reducer*()> reducer = [] { return nullptr; };
   int64_t parameter_bytes = 0; // trainable parameters: what one step must all-reduce
@@ -182,6 +234,8 @@ LinkCounters read_link(const std::string& dev) {
 
 struct Result {
   std::string model, mode;
+  std::string comm_hook;          // CommHook::name(), "" without a hook
+  int64_t bytes_sent_per_step = 0; // the hook's (hook_bytes_per_iteration), else bytes_per_step
   double median_ms = 0, p90_ms = 0, samples_per_s = 0;
   int64_t bytes_per_step = 0, buckets = 0;
   std::vector<int64_t> bucket_bytes;
@@ -191,6 +245,11 @@ struct Result {
   double comm_ms = -1;       // the collectives' time per step, from the timeline
   double link_tx_bytes_per_s = 0, link_rx_bytes_per_s = 0; // --link-dev, mean over ranks
 };
+
+// Bytes a mode sends per step against what plain all-reduce sends for the same buckets.
+double sent_ratio(const Result& r) {
+  return r.bytes_per_step > 0 ? static_cast<double>(r.bytes_sent_per_step) / r.bytes_per_step : 0.0;
+}
 
 struct ModelSpec {
   std::function<std::shared_ptr<torch::nn::Module>()> make;
@@ -213,7 +272,15 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
                                    const ddp::Options& options, torch::Device device, Input input, LossFn loss_fn,
                                    std::vector<std::shared_ptr<void>>& keep) {
   std::vector<Trainer> trainers;
+  // Each DDP mode once without a hook and once per hook, one after the other.
+  std::vector<std::pair<std::string, std::string>> variants; // mode, hook
   for (const auto& mode : cfg.modes) {
+    variants.emplace_back(mode, "");
+    if (is_ddp_mode(mode)) {
+      for (const auto& hook : cfg.comm_hooks) variants.emplace_back(mode, hook);
+    }
+  }
+  for (const auto& [mode, hook] : variants) {
     torch::manual_seed(1);
     auto net = std::make_shared<Holder>();
     (*net)->to(device);
@@ -221,7 +288,7 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
     keep.push_back(net);
     keep.push_back(opt);
     Trainer t;
-    t.mode = mode;
+    t.mode = hook.empty() ? mode : mode + "+" + hook;
     for (const auto& p : (*net)->parameters()) {
       if (p.requires_grad()) t.parameter_bytes += p.numel() * p.element_size();
     }
@@ -230,6 +297,11 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
       if (mode == "ddp_fu") mode_options.find_unused_parameters = true;
       auto model = std::make_shared<ddp::DistributedDataParallel<typename Holder::Impl>>(net->ptr(), pg, mode_options);
       keep.push_back(model);
+      if (!hook.empty()) {
+        auto comm_hook = make_comm_hook(cfg, hook);
+        t.comm_hook = comm_hook->name();
+        model->register_comm_hook(std::move(comm_hook));
+      }
       if (mode == "ddp_join") {
         // Armed for the whole run and joined when `keep` is released (every rank at once):
         // each step pays Join's agreement on the active ranks. Destroyed before the model.
@@ -278,7 +350,10 @@ double hidden_fraction(const ddp::Timeline& timeline, double* comm_ms = nullptr)
     total += d;
     if (cut > e.start) hidden += std::chrono::duration<double>(cut - e.start).count();
   }
-  if (comm_ms != nullptr) *comm_ms = finalize_start.empty() ? -1 : 1000.0 * total / finalize_start.size();
+  // No collective at all: a communication hook's (the timeline does not record them), unknown.
+  if (comm_ms != nullptr) {
+    *comm_ms = finalize_start.empty() || total == 0 ? -1 : 1000.0 * total / finalize_start.size();
+  }
   return total > 0 ? hidden / total : -1;
 }
 
@@ -403,6 +478,7 @@ struct Bench {
       Result r;
       r.model = model;
       r.mode = t.mode;
+      r.comm_hook = t.comm_hook;
       r.median_ms = percentile(t.window_ms, 0.5);
       r.p90_ms = percentile(t.window_ms, 0.9);
       r.samples_per_s = r.median_ms > 0 ? batch * pg->size() * 1000.0 / r.median_ms : 0;
@@ -417,6 +493,7 @@ struct Bench {
         const auto& s = red->stats();
         const double steps = std::max<int64_t>(1, s.iterations - before[t.mode].iterations);
         r.bytes_per_step = s.bytes_per_iteration;
+        r.bytes_sent_per_step = t.comm_hook.empty() ? s.bytes_per_iteration : s.hook_bytes_per_iteration;
         r.buckets = s.buckets;
         r.bucket_bytes = red->bucket_bytes();
         r.hook_ms = (s.hook_ns - before[t.mode].hook_ns) / 1e6 / steps;
@@ -434,6 +511,7 @@ struct Bench {
         mutable_reducer->set_timeline_enabled(false);
       } else {
         r.bytes_per_step = t.mode == "naive" ? t.parameter_bytes : 0;
+        r.bytes_sent_per_step = r.bytes_per_step;
       }
       results.push_back(r);
     }
@@ -518,6 +596,19 @@ int main(int argc, char** argv) {
                 "gradient_as_bucket_view=%d; %d timed steps per mode in windows of %d, %d warm-up\n",
                 cfg.bucket_cap_mb, cfg.first_bucket_cap_mb, cfg.in_place_min_mb, cfg.find_unused,
                 cfg.grad_as_bucket_view, cfg.iterations, cfg.window, cfg.warmup);
+    if (!cfg.comm_hooks.empty()) {
+      std::string names;
+      for (const auto& h : cfg.comm_hooks) names += (names.empty() ? "" : ",") + h;
+      const bool powersgd = std::count(cfg.comm_hooks.begin(), cfg.comm_hooks.end(), "powersgd") > 0;
+      std::printf("communication hooks: %s (each DDP mode once per hook, and once without)%s\n", names.c_str(),
+                  !powersgd ? ""
+                            : fmt::format("; powersgd matrix_approximation_rank={} start_powerSGD_iter={}{}",
+                                          cfg.powersgd_rank, cfg.powersgd_start,
+                                          cfg.powersgd_start > cfg.warmup
+                                              ? " (past the warm-up: some timed steps do not compress)"
+                                              : "")
+                                  .c_str());
+    }
   }
 
   if (!cfg.sweep_caps.empty()) {
@@ -599,17 +690,47 @@ int main(int argc, char** argv) {
     if (root) {
       if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%90s\r", "");
       std::printf("\nmodel %s (batch per rank as in bench_models.h)\n", model.c_str());
-      std::printf("%-6s %10s %9s %11s %10s %10s %8s %9s %11s %8s %9s\n", "mode", "median ms", "p90 ms",
-                  "samples/s", "overhead", "MiB/step", "buckets", "hooks ms", "finalize ms", "walk ms", "hidden %");
+      // With --comm-hook: wider mode labels ("ddp+powersgd"), and the bytes each mode sends.
+      const bool hooks = !cfg.comm_hooks.empty();
+      int mode_width = 6;
+      for (const auto& r : results) mode_width = std::max(mode_width, static_cast<int>(r.mode.size()));
+      std::printf("%-*s %10s %9s %11s %10s %10s %8s %9s %11s %8s %9s%s\n", mode_width, "mode", "median ms", "p90 ms",
+                  "samples/s", "overhead", "MiB/step", "buckets", "hooks ms", "finalize ms", "walk ms", "hidden %",
+                  hooks ? fmt::format(" {:>10} {:>12}", "sent MiB", "vs allreduce").c_str() : "");
       for (const auto& r : results) {
         const double overhead = local ? (r.median_ms / local->median_ms - 1.0) * 100.0 : 0.0;
         const bool reducer = is_ddp_mode(r.mode);
         auto cell = [reducer](double v, const char* f) { return reducer ? fmt::format(fmt::runtime(f), v) : "-"; };
-        std::printf("%-6s %10.2f %9.2f %11.0f %9.0f%% %10.2f %8s %9s %11s %8s %9s\n", r.mode.c_str(), r.median_ms,
-                    r.p90_ms, r.samples_per_s, overhead, r.bytes_per_step / 1048576.0,
+        const std::string sent_mib =
+            r.mode == "local" ? "-" : fmt::format("{:.3f}", r.bytes_sent_per_step / 1048576.0);
+        const std::string sent =
+            !hooks ? ""
+                   : fmt::format(" {:>10} {:>12}", sent_mib,
+                                 r.bytes_per_step > 0 ? fmt::format("{:.4f}", sent_ratio(r)) : "-");
+        std::printf("%-*s %10.2f %9.2f %11.0f %9.0f%% %10.2f %8s %9s %11s %8s %9s%s\n", mode_width, r.mode.c_str(),
+                    r.median_ms, r.p90_ms, r.samples_per_s, overhead, r.bytes_per_step / 1048576.0,
                     cell(static_cast<double>(r.buckets), "{:.0f}").c_str(), cell(r.hook_ms, "{:.2f}").c_str(),
                     cell(r.finalize_ms, "{:.2f}").c_str(), cell(r.walk_ms, "{:.3f}").c_str(),
-                    reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-");
+                    reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-",
+                    sent.c_str());
+      }
+      for (const auto& r : results) {
+        if (r.comm_hook.empty()) continue;
+        // The same mode without a hook, run in the same windows: the baseline.
+        const Result* plain = nullptr;
+        for (const auto& p : results) {
+          if (p.mode == base_mode(r.mode)) plain = &p;
+        }
+        const double ratio = sent_ratio(r);
+        std::printf("comm hook (%s): %s: %.3f MiB sent per step = %.4f x all-reduce's %.3f MiB (%s)%s\n",
+                    r.mode.c_str(), r.comm_hook.c_str(), r.bytes_sent_per_step / 1048576.0, ratio,
+                    r.bytes_per_step / 1048576.0,
+                    ratio <= 0      ? "nothing sent"
+                    : ratio > 0.999 ? "the same bytes"
+                                    : fmt::format("{:.1f}x fewer bytes", 1.0 / ratio).c_str(),
+                    plain != nullptr && plain->median_ms > 0
+                        ? fmt::format("; step {:.2f} x {}'s", r.median_ms / plain->median_ms, plain->mode).c_str()
+                        : "");
       }
       for (const auto& r : results) {
         if (is_ddp_mode(r.mode) && r.median_ms > 0) {
@@ -651,7 +772,8 @@ int main(int argc, char** argv) {
     std::ofstream out(cfg.json_path);
     out << "{\"world_size\":" << pg->size() << ",\"backend\":\"" << pg->backend() << "\",\"device\":\"" << cfg.device
         << "\",\"threads_per_rank\":" << cfg.threads << ",\"iterations\":" << cfg.iterations
-        << ",\"bucket_cap_mb\":" << cfg.bucket_cap_mb << ",\"results\":[";
+        << ",\"bucket_cap_mb\":" << cfg.bucket_cap_mb << ",\"powersgd_rank\":" << cfg.powersgd_rank
+        << ",\"powersgd_start\":" << cfg.powersgd_start << ",\"results\":[";
     for (size_t i = 0; i < all.size(); ++i) {
       const auto& r = all[i];
       out << (i ? "," : "")
@@ -659,10 +781,12 @@ int main(int argc, char** argv) {
                          "\"samples_per_s\":{:.2f},\"bytes_per_step\":{},\"buckets\":{},\"hook_ms\":{:.4f},"
                          "\"finalize_ms\":{:.4f},\"finalize_wait_ms\":{:.4f},\"graph_walk_ms\":{:.4f},"
                          "\"graph_walk_nodes\":{},\"hidden_fraction\":{:.4f},\"step_check_ms\":{:.4f},"
-                         "\"comm_ms\":{:.4f},\"link_tx_bytes_per_s\":{:.1f},\"link_rx_bytes_per_s\":{:.1f}}}",
+                         "\"comm_ms\":{:.4f},\"link_tx_bytes_per_s\":{:.1f},\"link_rx_bytes_per_s\":{:.1f},"
+                         "\"comm_hook\":\"{}\",\"bytes_sent_per_step\":{},\"bytes_sent_vs_allreduce\":{:.6f}}}",
                          r.model, r.mode, r.median_ms, r.p90_ms, r.samples_per_s, r.bytes_per_step, r.buckets,
                          r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.walk_nodes, r.hidden_fraction,
-                         r.step_check_ms, r.comm_ms, r.link_tx_bytes_per_s, r.link_rx_bytes_per_s);
+                         r.step_check_ms, r.comm_ms, r.link_tx_bytes_per_s, r.link_rx_bytes_per_s, r.comm_hook,
+                         r.bytes_sent_per_step, r.bytes_per_step > 0 ? sent_ratio(r) : 0.0);
     }
     out << "],\"models\":[";
     for (size_t i = 0; i < extra_json.size(); ++i) out << (i ? "," : "") << extra_json[i];
