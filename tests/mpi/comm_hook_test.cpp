@@ -76,6 +76,17 @@ ddp::Options small_buckets() {
   return o;
 }
 
+// Params and a Reducer over them (tiny buckets) with `hook` registered.
+struct Hooked {
+  explicit Hooked(std::shared_ptr<ddp::CommHook> hook)
+      : tensors(params.tensors()), reducer(params.named, ddp::test::world_ptr(), small_buckets()) {
+    reducer.register_comm_hook(std::move(hook));
+  }
+  Params params;
+  std::vector<torch::Tensor> tensors;
+  ddp::Reducer reducer;
+};
+
 // The largest |actual - expected| / bound over the elements (<= 1 passes).
 double worst_ratio(const torch::Tensor& actual, const torch::Tensor& expected, const torch::Tensor& bound) {
   return ((actual.to(torch::kDouble) - expected).abs() / bound).max().item<double>();
@@ -86,10 +97,10 @@ TEST_CASE("fp16 and bf16 compression: each gradient within the format's rounding
   for (auto [hook, dtype] : {std::pair{ddp::hooks::fp16_compress(), torch::kHalf},
                              std::pair{ddp::hooks::bf16_compress(), torch::kBFloat16}}) {
     CAPTURE(hook->name());
-    Params params;
-    auto tensors = params.tensors();
-    ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
-    reducer.register_comm_hook(hook);
+    Hooked hooked(hook);
+    auto& params = hooked.params;
+    auto& tensors = hooked.tensors;
+    auto& reducer = hooked.reducer;
     for (int it = 0; it < 3; ++it) {
       CAPTURE(it);
       step(reducer, tensors, my_gradients(tensors, it));
@@ -130,10 +141,10 @@ TEST_CASE("PowerSGD reproduces the exact average of gradients of rank r, and sen
   options.warm_start = false;
   options.use_error_feedback = false;
   auto hook = ddp::hooks::powersgd(options);
-  Params params;
-  auto tensors = params.tensors();
-  ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
-  reducer.register_comm_hook(hook);
+  Hooked hooked(hook);
+  auto& params = hooked.params;
+  auto& tensors = hooked.tensors;
+  auto& reducer = hooked.reducer;
   // Rank r's gradient of w is U A_r: every sum of them has rank <= 4.
   torch::manual_seed(11);
   const torch::Tensor u_basis = torch::randn({48, rank});
@@ -185,10 +196,10 @@ TEST_CASE("PowerSGD keeps its state by parameter name", "[hooks]") {
   options.matrix_approximation_rank = 2;
   options.start_powerSGD_iter = 0;
   auto hook = ddp::hooks::powersgd(options);
-  Params params;
-  auto tensors = params.tensors();
-  ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
-  reducer.register_comm_hook(hook);
+  Hooked hooked(hook);
+  auto& params = hooked.params;
+  auto& tensors = hooked.tensors;
+  auto& reducer = hooked.reducer;
   for (int it = 0; it < 3; ++it) step(reducer, tensors, my_gradients(tensors, it));
   CHECK(reducer.stats().bucket_rebuilds == 1);
   std::map<std::string, torch::Tensor> state;
@@ -274,10 +285,10 @@ class ReduceAtRootHook final : public ddp::CommHook {
 
 TEST_CASE("a hook of the user's own: reduce at rank 0 and broadcast", "[hooks]") {
   const int n = world().size();
-  Params params;
-  auto tensors = params.tensors();
-  ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
-  reducer.register_comm_hook(std::make_shared<ReduceAtRootHook>());
+  Hooked hooked(std::make_shared<ReduceAtRootHook>());
+  auto& params = hooked.params;
+  auto& tensors = hooked.tensors;
+  auto& reducer = hooked.reducer;
   for (int it = 0; it < 2; ++it) {
     step(reducer, tensors, my_gradients(tensors, it));
     for (size_t k = 0; k < tensors.size(); ++k) {
@@ -332,10 +343,10 @@ TEST_CASE("a hook that throws is a ReductionError on every rank naming the hook 
     for (int r = 0; r < n; ++r) {
       if (c.every_rank || r == n - 1) ranks.insert(r);
     }
-    Params params;
-    auto tensors = params.tensors();
-    ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
-    reducer.register_comm_hook(std::make_shared<FailingHook>(ranks, /*iteration=*/1, /*bucket=*/1, c.in_continuation));
+    Hooked hooked(std::make_shared<FailingHook>(ranks, /*iteration=*/1, /*bucket=*/1, c.in_continuation));
+    auto& params = hooked.params;
+    auto& tensors = hooked.tensors;
+    auto& reducer = hooked.reducer;
     step(reducer, tensors, my_gradients(tensors, 0));
     auto error_of_step = [&](int it) {
       try {
@@ -540,10 +551,10 @@ TEST_CASE("PowerSGD: a parameter unused on every rank for a while is averaged on
   ddp::hooks::PowerSGDOptions options;
   options.start_powerSGD_iter = 1;
   auto hook = ddp::hooks::powersgd(options);
-  Params params;
-  auto tensors = params.tensors();
-  ddp::Reducer reducer(params.named, ddp::test::world_ptr(), small_buckets());
-  reducer.register_comm_hook(hook);
+  Hooked hooked(hook);
+  auto& params = hooked.params;
+  auto& tensors = hooked.tensors;
+  auto& reducer = hooked.reducer;
   for (int it = 0; it < 3; ++it) {
     auto grads = my_gradients(tensors, it);
     step(reducer, {tensors[1], tensors[2]}, {grads[1], grads[2]}); // w unused on every rank
