@@ -13,8 +13,7 @@
 namespace ddp::hooks {
 
 // Sums the bucket across the ranks in one all-reduce: what the reducer does without a hook
-// (a baseline for a hook of your own; without a hook the reducer also reduces large
-// gradients in place in their .grad, which a hook cannot).
+// (a baseline for a hook of your own).
 std::shared_ptr<CommHook> allreduce();
 
 // Sends nothing: each rank keeps its own gradients divided by the world size. For
@@ -42,7 +41,7 @@ struct PowerSGDOptions {
   // Plain all-reduce for the first iterations (the hook counts them): PowerSGD's error
   // feedback works best once the loss has settled a little.
   int64_t start_powerSGD_iter = 1000;
-  // Compress a matrix only when n m >= min_compression_rate * (n + m) r.
+  // Compress a matrix only when n m > min_compression_rate * (n + m) r (as PyTorch).
   double min_compression_rate = 2.0;
   // Add what the approximation left out to the next iteration's gradient (per rank).
   bool use_error_feedback = true;

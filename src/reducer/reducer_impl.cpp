@@ -364,7 +364,6 @@ std::string Reducer::Impl::rank_prefix() const {
 
 size_t Reducer::Impl::in_place_min_bytes() const {
   if (options.gradient_as_bucket_view) return 0; // .grad is the bucket already
-  if (comm_hook_) return 0;                       // a hook is handed the bucket's buffer
   if (options.in_place_min_mb < 0) {
     return parameters.front().device().is_cpu() ? mib_to_bytes(1.0) : 0;
   }
@@ -1342,7 +1341,9 @@ void Reducer::Impl::record_hook_failure(size_t b, int64_t iteration, const std::
 
 void Reducer::Impl::run_hook(size_t b) {
   detail::Bucket& bucket = *buckets_[b];
-  GradBucket grad_bucket(b, b + 1 == buckets_.size(), bucket.flat(), bucket_names_[b], bucket_shapes_[b],
+  // A gradient reduced in place is its bucket's buffer (flattened): no copy in or out.
+  const at::Tensor buffer = bucket.comm_tensor().view({-1});
+  GradBucket grad_bucket(b, b + 1 == buckets_.size(), buffer, bucket_names_[b], bucket_shapes_[b],
                          *hook_group_, iteration_);
   const int64_t issued = hook_group_->collectives();
   try {
@@ -1352,11 +1353,11 @@ void Reducer::Impl::run_hook(size_t b) {
   } catch (const std::exception& e) {
     record_hook_failure(b, iteration_, e.what());
   }
-  futures_[b] = CommFuture::ready(bucket.flat());
+  futures_[b] = CommFuture::ready(buffer);
   if (hook_group_->collectives() != issued) return; // cannot be paired again: see docs/semantics.md
   // It issued nothing: the peers' hooks (which may not have thrown) issued this bucket's
   // collectives, and the same hook on zeros issues the same ones.
-  bucket.flat().zero_();
+  at::Tensor(buffer).zero_();
   try {
     auto again = comm_hook_->run(grad_bucket);
     if (again) futures_[b] = std::move(again);
@@ -1399,7 +1400,7 @@ void Reducer::Impl::complete_hook_futures(int64_t iteration, bool interrupted) {
       throw; // the group failed: not the hook's doing
     } catch (const std::exception& e) {
       hook_failed(b, e.what());
-      futures_[b] = CommFuture::ready(buckets_[b]->flat());
+      futures_[b] = CommFuture::ready(buckets_[b]->comm_tensor().view({-1}));
     }
   }
   for (size_t b = 0; b < futures_.size(); ++b) {
@@ -1408,7 +1409,7 @@ void Reducer::Impl::complete_hook_futures(int64_t iteration, bool interrupted) {
     std::string problem;
     try {
       at::Tensor value = futures_[b]->wait(remaining());
-      at::Tensor& flat = bucket.flat();
+      const at::Tensor flat = bucket.comm_tensor().view({-1});
       if (!value.defined() || value.numel() != flat.numel() || value.scalar_type() != flat.scalar_type() ||
           value.device() != flat.device()) {
         problem = value.defined()

@@ -2,6 +2,8 @@
 // autograd, unused parameters, gradient_as_bucket_view, bfloat16 parameters.
 #include <catch2/catch.hpp>
 
+#include <ddp/hooks.h>
+
 #include "models.h"
 #include "world.h"
 
@@ -48,8 +50,10 @@ double tolerance_at(torch::Dtype dtype, int n, int it) {
   return tolerance;
 }
 
+// `hook`: registered before the first step; `extra`: its own rounding, added to the bound.
 template <typename Holder>
-void check_against_oracle(ddp::Options options, torch::Dtype dtype) {
+void check_against_oracle(ddp::Options options, torch::Dtype dtype, std::shared_ptr<ddp::CommHook> hook = nullptr,
+                          double extra = 0) {
   ExactCuBlas exact_cublas;
   auto pg = ddp::test::world_ptr();
   const auto device = ddp::test::world_device();
@@ -62,11 +66,12 @@ void check_against_oracle(ddp::Options options, torch::Dtype dtype) {
   oracle->to(device, dtype);
   local->to(device, dtype);
   ddp::DistributedDataParallel model(local, pg, options);
+  if (hook) model.register_comm_hook(hook);
   torch::optim::SGD opt(local->parameters(), 0.1);
   torch::optim::SGD oracle_opt(oracle->parameters(), 0.1);
   for (int it = 0; it < 3; ++it) {
     CAPTURE(it);
-    const double tolerance = tolerance_at(dtype, n, it);
+    const double tolerance = tolerance_at(dtype, n, it) + (it + 1) * extra;
     CAPTURE(tolerance);
     torch::manual_seed(50 + it);
     auto x = torch::randn({4 * n, 8}).to(device, dtype);
@@ -100,6 +105,42 @@ TEST_CASE("CUDA: DDP gradients equal single-process autograd", "[gpu][reducer]")
     o.bucket_cap_mb = cap;
     check_against_oracle<ddp::test::Mlp>(o, torch::kFloat);
   }
+}
+
+TEST_CASE("CUDA: communication hooks on the GPU (allreduce, fp16, bf16)", "[gpu][reducer][hooks]") {
+  const int n = ddp::test::world_ptr()->size();
+  // The allreduce hook is the reducer's own arithmetic; the compressions round each rank's
+  // share and each of the n - 1 additions once more in their format (2n - 1 roundings).
+  check_against_oracle<ddp::test::Mlp>(ddp::test::test_options(), torch::kFloat, ddp::hooks::allreduce());
+  check_against_oracle<ddp::test::Mlp>(ddp::test::test_options(), torch::kFloat, ddp::hooks::fp16_compress(),
+                                       ddp::test::reduction_tolerance(at::kHalf, 2 * n - 1));
+  check_against_oracle<ddp::test::Mlp>(ddp::test::test_options(), torch::kFloat, ddp::hooks::bf16_compress(),
+                                       ddp::test::reduction_tolerance(at::kBFloat16, 2 * n - 1));
+}
+
+TEST_CASE("CUDA: PowerSGD trains with the same parameters on every rank", "[gpu][reducer][hooks]") {
+  ddp::hooks::PowerSGDOptions options;
+  options.matrix_approximation_rank = 2;
+  options.start_powerSGD_iter = 0;
+  auto hook = ddp::hooks::powersgd(options);
+  ddp::test::Mlp net;
+  net->to(ddp::test::world_device());
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), ddp::test::test_options());
+  model.register_comm_hook(hook);
+  torch::optim::SGD opt(net->parameters(), 0.1);
+  for (int it = 0; it < 4; ++it) {
+    torch::manual_seed(70 + it + 10 * ddp::test::world_ptr()->rank());
+    opt.zero_grad();
+    auto x = torch::randn({4, 8}).to(ddp::test::world_device());
+    auto y = torch::randint(4, {4}).to(ddp::test::world_device());
+    torch::nn::functional::cross_entropy(model(x), y).backward();
+    for (const auto& p : net->parameters()) {
+      CHECK(torch::isfinite(p.grad()).all().item<bool>());
+      CHECK(ddp::test::identical_across_ranks(p.grad()));
+    }
+    opt.step();
+  }
+  CHECK(model.reducer().stats().hook_bytes_per_iteration < model.reducer().stats().bytes_per_iteration);
 }
 
 TEST_CASE("CUDA: gradient_as_bucket_view makes .grad alias the bucket", "[gpu][reducer]") {

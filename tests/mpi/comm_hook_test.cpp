@@ -220,10 +220,12 @@ TEST_CASE("the allreduce hook gives the reducer's own gradients bit for bit, wit
   struct Case {
     const char* name;
     bool find_unused, as_view, static_graph, no_sync;
+    double in_place_min_mb = -1; // 0.001: w (7.5 KiB) is reduced in its .grad, the hook handed it
   };
   for (const Case c : {Case{"plain", false, false, false, false}, Case{"find_unused_parameters", true, false, false, false},
                        Case{"gradient_as_bucket_view", false, true, false, false},
-                       Case{"static_graph", false, false, true, false}, Case{"no_sync", false, false, false, true}}) {
+                       Case{"static_graph", false, false, true, false}, Case{"no_sync", false, false, false, true},
+                       Case{"in_place_min_mb", false, false, false, false, 0.001}}) {
     CAPTURE(c.name);
     std::vector<std::vector<torch::Tensor>> results;
     for (bool with_hook : {false, true}) {
@@ -233,6 +235,7 @@ TEST_CASE("the allreduce hook gives the reducer's own gradients bit for bit, wit
       o.find_unused_parameters = c.find_unused;
       o.gradient_as_bucket_view = c.as_view;
       o.static_graph = c.static_graph;
+      o.in_place_min_mb = c.in_place_min_mb;
       ddp::Reducer reducer(params.named, ddp::test::world_ptr(), o);
       if (with_hook) reducer.register_comm_hook(ddp::hooks::allreduce());
       for (int it = 0; it < 3; ++it) {

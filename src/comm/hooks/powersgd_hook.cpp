@@ -143,7 +143,7 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
       const int64_t n = g.size(0);
       const int64_t m = g.numel() / n;
       const int64_t r = std::min({options_.matrix_approximation_rank, n, m});
-      if (static_cast<double>(n) * m >= options_.min_compression_rate * static_cast<double>(n + m) * r) {
+      if (static_cast<double>(n) * m > options_.min_compression_rate * static_cast<double>(n + m) * r) {
         compressed_index.push_back(k);
         shape.push_back({n, m, r});
         p_size += n * r;
@@ -224,7 +224,9 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
         for (const auto& item : work) {
           at::Tensor p = item.p;
           orthogonalize(p, epsilon);
-          at::mm_out(const_cast<at::Tensor&>(item.q), item.matrix.t(), item.p);
+          // (P^T M)^T: the same products as M^T P, several times faster on the CPU (a
+          // transposed left operand of mm_out takes a slow path in MKL).
+          const_cast<at::Tensor&>(item.q).copy_(at::mm(item.p.t(), item.matrix).t());
         }
         return CommFuture::of(pg->allreduce(q_all), q_all);
       })

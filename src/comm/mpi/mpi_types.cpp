@@ -1,5 +1,6 @@
 #include "comm/mpi/mpi_types.h"
 
+#include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <fmt/format.h>
@@ -14,17 +15,14 @@ MPI_Datatype g_half_type = MPI_DATATYPE_NULL;
 MPI_Datatype g_bfloat16_type = MPI_DATATYPE_NULL;
 MPI_Op g_half_sum = MPI_OP_NULL;
 
-// MPI_User_function: the datatype handle tells float16 from bfloat16.
+// MPI_User_function: the datatype handle tells float16 from bfloat16. ATen's add_ widens to
+// float, adds and rounds back, like a loop over c10::Half would, but vectorised: the scalar
+// loop took 32 ms for mlp's 8.4 M float16 gradients (ATen: about 1 ms).
 void sum_two_byte_floats(void* in, void* inout, int* len, MPI_Datatype* type) {
-  if (*type == g_half_type) {
-    auto* a = static_cast<const c10::Half*>(in);
-    auto* b = static_cast<c10::Half*>(inout);
-    for (int i = 0; i < *len; ++i) b[i] = static_cast<float>(a[i]) + static_cast<float>(b[i]);
-  } else {
-    auto* a = static_cast<const c10::BFloat16*>(in);
-    auto* b = static_cast<c10::BFloat16*>(inout);
-    for (int i = 0; i < *len; ++i) b[i] = static_cast<float>(a[i]) + static_cast<float>(b[i]);
-  }
+  const auto dtype = *type == g_half_type ? at::kHalf : at::kBFloat16;
+  at::Tensor a = at::from_blob(in, {*len}, at::TensorOptions().dtype(dtype));
+  at::Tensor b = at::from_blob(inout, {*len}, at::TensorOptions().dtype(dtype));
+  b.add_(a);
 }
 
 } // namespace
