@@ -191,6 +191,49 @@ TEST_CASE("PowerSGD reproduces the exact average of gradients of rank r, and sen
   CHECK(ddp::test::max_relative_error(tensors[0].grad(), full_rank) > 0.1);
 }
 
+// A matrix above PowerSGDHook::kBatchMaxElements is reduced alone where it lies in the
+// bucket (the smaller ones are gathered into same-shape batches): the same property.
+TEST_CASE("PowerSGD reproduces a large rank-r average too (reduced in place, not batched)", "[hooks]") {
+  const int n = world().size();
+  const int64_t rank = 4;
+  ddp::hooks::PowerSGDOptions options;
+  options.matrix_approximation_rank = rank;
+  options.start_powerSGD_iter = 0;
+  options.warm_start = false;
+  options.use_error_feedback = false;
+  torch::manual_seed(4);
+  ddp::Reducer::NamedParameters named{{"big", torch::randn({300, 240}).requires_grad_()},
+                                      {"w", torch::randn({48, 40}).requires_grad_()}};
+  std::vector<torch::Tensor> tensors{named[0].second, named[1].second};
+  ddp::Reducer reducer(named, ddp::test::world_ptr(), ddp::test::test_options()); // one bucket
+  reducer.register_comm_hook(ddp::hooks::powersgd(options));
+  torch::manual_seed(12);
+  const std::vector<torch::Tensor> bases{torch::randn({300, rank}), torch::randn({48, rank})};
+  auto gradients_of = [&](int r, int it) {
+    torch::manual_seed(900 + 10 * it + r);
+    return std::vector<torch::Tensor>{torch::matmul(bases[0], torch::randn({rank, 240})),
+                                      torch::matmul(bases[1], torch::randn({rank, 40}))};
+  };
+  for (int it = 0; it < 2; ++it) {
+    step(reducer, tensors, gradients_of(world().rank(), it));
+    for (size_t k = 0; k < 2; ++k) {
+      CAPTURE(it, k);
+      torch::Tensor exact = torch::zeros(tensors[k].sizes(), torch::kDouble);
+      for (int r = 0; r < n; ++r) exact += gradients_of(r, it)[k].to(torch::kDouble) / n;
+      const torch::Tensor sigma = torch::linalg_svdvals(exact);
+      const double kappa = (sigma[0] / sigma[rank - 1]).item<double>();
+      const int64_t rows = tensors[k].size(0);
+      const int64_t cols = tensors[k].size(1);
+      // As above: M Q, the sums, Gram-Schmidt, M^T P, P Q^T, the division; times kappa^2.
+      const int64_t terms = cols + n + rows * (rank + 1) + rows + n + rank + 1;
+      CHECK(ddp::test::max_relative_error(tensors[k].grad(), exact) <=
+            reduction_tolerance(torch::kFloat, terms) * kappa * kappa);
+      CHECK(identical_across_ranks(tensors[k].grad()));
+    }
+    CHECK(reducer.stats().hook_bytes_per_iteration == 4 * ((300 + 240) * rank + (48 + 40) * rank));
+  }
+}
+
 TEST_CASE("PowerSGD keeps its state by parameter name", "[hooks]") {
   ddp::hooks::PowerSGDOptions options;
   options.matrix_approximation_rank = 2;

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <vector>
 
 #include <ddp/error.h>
@@ -31,15 +32,6 @@ uint64_t seed_for(uint64_t seed, const std::string& name) {
   }
   return h;
 }
-
-// One gradient to compress: its matrix view and the views of P and Q for it.
-struct Compressed {
-  std::string name;
-  at::Tensor gradient; // shaped like the parameter, a view of the bucket
-  at::Tensor matrix; // n x m, a view of the bucket
-  at::Tensor p;      // n x r, a view of the bucket's P buffer
-  at::Tensor q;      // m x r, a view of the bucket's Q buffer
-};
 
 } // namespace
 
@@ -71,18 +63,20 @@ std::string PowerSGDHook::name() const {
       options_.use_error_feedback, options_.warm_start, options_.orthogonalization_epsilon, options_.random_seed);
 }
 
-void PowerSGDHook::orthogonalize(at::Tensor& matrix, double epsilon) {
-  const int64_t r = matrix.size(1);
+void PowerSGDHook::orthogonalize(at::Tensor& matrices, double epsilon) {
+  // A batch of matrices (B x rows x r), or one (rows x r): Gram-Schmidt on each.
+  at::Tensor batch = matrices.dim() == 2 ? matrices.unsqueeze(0) : matrices;
+  const int64_t r = batch.size(2);
   for (int64_t i = 0; i < r; ++i) {
-    at::Tensor column = matrix.narrow(1, i, 1);
-    at::Tensor norm = at::linalg_vector_norm(column, 2);
+    at::Tensor column = batch.narrow(2, i, 1);
+    at::Tensor norm = at::linalg_vector_norm(column, 2, {1}, /*keepdim=*/true);
     if (epsilon > 0) norm = norm + epsilon;
     // A zero column (an all-zero gradient) stays zero instead of 0 / 0 = NaN, which would
     // spread through P, Q and the error feedback; decided on the device, no host sync.
     column.div_(at::where(norm > 0, norm, at::ones_like(norm)));
     if (i + 1 < r) {
-      at::Tensor rest = matrix.narrow(1, i + 1, r - i - 1);
-      rest.sub_(at::mm(column, at::mm(column.t(), rest)));
+      at::Tensor rest = batch.narrow(2, i + 1, r - i - 1);
+      rest.sub_(at::bmm(column, at::bmm(column.transpose(1, 2), rest)));
     }
   }
 }
@@ -121,144 +115,192 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
   return future;
 }
 
+const PowerSGDHook::Layout& PowerSGDHook::layout_for(const GradBucket& bucket) {
+  const auto& names = bucket.parameter_names();
+  const auto& shapes = bucket.parameter_shapes();
+  const at::Tensor& buffer = bucket.buffer();
+  std::string key = buffer.device().str();
+  for (const auto& name : names) key += '\x1f' + name;
+  auto found = layouts_.find(key);
+  if (found != layouts_.end()) return found->second;
+
+  // Each parameter's place in the buffer; compressed matrices grouped by (n, m, r).
+  Layout layout;
+  std::vector<int64_t> plain_positions;
+  std::map<std::array<int64_t, 3>, size_t> group_of;
+  std::vector<std::vector<int64_t>> group_positions;
+  int64_t offset = 0;
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    const auto& shape = shapes[k];
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    bool compressed = false;
+    if (shape.size() >= 2 && numel > 0) {
+      const int64_t n = shape[0];
+      const int64_t m = numel / n;
+      const int64_t r = std::min({options_.matrix_approximation_rank, n, m});
+      if (static_cast<double>(n) * m > options_.min_compression_rate * static_cast<double>(n + m) * r) {
+        compressed = true;
+        if (numel > kBatchMaxElements) {
+          // Large: reduced where it lies in the bucket, alone (gathering it would cost
+          // more memory traffic than the few calls it saves).
+          layout.groups.push_back(Group{n, m, r, {names[k]}, {shape}, {}, offset});
+          group_positions.emplace_back();
+        } else {
+          const std::array<int64_t, 3> nmr{n, m, r};
+          auto [it, inserted] = group_of.emplace(nmr, layout.groups.size());
+          if (inserted) {
+            layout.groups.push_back(Group{n, m, r, {}, {}, {}, -1});
+            group_positions.emplace_back();
+          }
+          Group& group = layout.groups[it->second];
+          group.names.push_back(names[k]);
+          group.shapes.push_back(shape);
+          auto& positions = group_positions[it->second];
+          for (int64_t i = 0; i < numel; ++i) positions.push_back(offset + i);
+        }
+      }
+    }
+    if (!compressed) {
+      for (int64_t i = 0; i < numel; ++i) plain_positions.push_back(offset + i);
+    }
+    offset += numel;
+  }
+  auto to_index = [&buffer](const std::vector<int64_t>& positions) {
+    at::Tensor index = at::from_blob(const_cast<int64_t*>(positions.data()), {static_cast<int64_t>(positions.size())},
+                                     at::kLong)
+                           .clone();
+    return index.to(buffer.device());
+  };
+  if (!plain_positions.empty()) layout.plain_index = to_index(plain_positions);
+  for (size_t g = 0; g < layout.groups.size(); ++g) {
+    if (layout.groups[g].offset < 0) layout.groups[g].index = to_index(group_positions[g]);
+    const auto& group = layout.groups[g];
+    const auto count = static_cast<int64_t>(group.names.size());
+    layout.p_size += count * group.n * group.r;
+    layout.q_size += count * group.m * group.r;
+  }
+  // Layouts change only with the buckets (the rebuild after the first iteration): a
+  // bound on the cache is a bound on a leak, not a working set.
+  if (layouts_.size() >= 64) layouts_.clear();
+  return layouts_.emplace(std::move(key), std::move(layout)).first->second;
+}
+
 std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t iteration) {
   ProcessGroup& group = bucket.process_group();
   const at::Tensor& buffer = bucket.buffer();
   if (iteration < options_.start_powerSGD_iter) {
     return CommFuture::of(group.allreduce(buffer), buffer);
   }
-  const auto& gradients = bucket.gradients();
-  const auto& names = bucket.parameter_names();
+  const Layout& layout = layout_for(bucket);
   const auto options = buffer.options();
 
-  // Which gradients are compressed, with their rank.
-  std::vector<size_t> plain;
-  std::vector<std::array<int64_t, 3>> shape; // n, m, r of each compressed gradient
-  std::vector<size_t> compressed_index;
-  int64_t p_size = 0;
-  int64_t q_size = 0;
-  for (size_t k = 0; k < gradients.size(); ++k) {
-    const at::Tensor& g = gradients[k];
-    if (g.dim() >= 2 && g.numel() > 0) {
-      const int64_t n = g.size(0);
-      const int64_t m = g.numel() / n;
-      const int64_t r = std::min({options_.matrix_approximation_rank, n, m});
-      if (static_cast<double>(n) * m > options_.min_compression_rate * static_cast<double>(n + m) * r) {
-        compressed_index.push_back(k);
-        shape.push_back({n, m, r});
-        p_size += n * r;
-        q_size += m * r;
-        continue;
-      }
-    }
-    plain.push_back(k);
-  }
-
-  // Error feedback: what the approximation left out last time joins this gradient.
-  if (options_.use_error_feedback) {
-    for (size_t c = 0; c < compressed_index.size(); ++c) {
-      const size_t k = compressed_index[c];
-      at::Tensor& error = error_[names[k]];
-      if (error.defined() && error.sizes() == gradients[k].sizes()) {
-        // A checkpoint may bring it from another device or dtype: moved once.
-        if (error.device() != buffer.device() || error.scalar_type() != buffer.scalar_type()) {
-          error = error.to(buffer.options());
-        }
-        gradients[k].add_(error);
-      }
-    }
-  }
-
-  // The uncompressed gradients travel together, as they are.
+  // The uncompressed gradients travel together, as they are: gathered by one index.
   std::shared_ptr<Work> plain_work;
   at::Tensor plain_flat;
-  if (!plain.empty()) {
-    std::vector<at::Tensor> parts;
-    for (size_t k : plain) parts.push_back(gradients[k].reshape({-1}));
-    plain_flat = at::cat(parts);
+  if (layout.plain_index.defined()) {
+    plain_flat = buffer.index_select(0, layout.plain_index);
     plain_work = group.allreduce(plain_flat);
   }
-  if (compressed_index.empty()) {
-    const std::optional<c10::Stream> stream = current_stream(buffer.device());
-    return CommFuture::of(plain_work, plain_flat)->then_map([buffer, gradients, plain, stream](const at::Tensor& reduced) {
+  const at::Tensor plain_index = layout.plain_index;
+  const std::optional<c10::Stream> stream = current_stream(buffer.device());
+  if (layout.groups.empty()) {
+    return CommFuture::of(plain_work, plain_flat)->then_map([buffer, plain_index, stream](const at::Tensor& reduced) {
       const c10::OptionalStreamGuard on_stream(stream);
-      int64_t offset = 0;
-      for (size_t k : plain) {
-        const int64_t numel = gradients[k].numel();
-        gradients[k].view({-1}).copy_(reduced.narrow(0, offset, numel));
-        offset += numel;
-      }
+      at::Tensor(buffer).index_copy_(0, plain_index, reduced);
       return buffer;
     });
   }
 
-  at::Tensor p_all = at::empty({p_size}, options);
-  at::Tensor q_all = at::empty({q_size}, options);
-  std::vector<Compressed> work;
+  // Same-shape matrices go through batched products: a dozen ATen calls per group, not
+  // per matrix (a model of many small layers paid ~90 us a matrix otherwise).
+  at::Tensor p_all = at::empty({layout.p_size}, options);
+  at::Tensor q_all = at::empty({layout.q_size}, options);
+  std::vector<Batch> batches;
   int64_t p_offset = 0;
   int64_t q_offset = 0;
-  for (size_t c = 0; c < compressed_index.size(); ++c) {
-    const size_t k = compressed_index[c];
-    const auto [n, m, r] = shape[c];
-    Compressed item{names[k], gradients[k], gradients[k].view({n, m}), p_all.narrow(0, p_offset, n * r).view({n, r}),
-                    q_all.narrow(0, q_offset, m * r).view({m, r})};
-    item.q.copy_(q_for(names[k], m, r, options, iteration));
-    at::mm_out(item.p, item.matrix, item.q);
-    p_offset += n * r;
-    q_offset += m * r;
-    work.push_back(std::move(item));
+  for (const Group& g : layout.groups) {
+    const auto count = static_cast<int64_t>(g.names.size());
+    // A gathered copy of a group's matrices, or a lone large one's view of the bucket.
+    at::Tensor matrices = g.offset >= 0 ? buffer.narrow(0, g.offset, g.n * g.m).view({1, g.n, g.m})
+                                        : buffer.index_select(0, g.index).view({count, g.n, g.m});
+    Batch batch{&g, matrices,
+                p_all.narrow(0, p_offset, count * g.n * g.r).view({count, g.n, g.r}),
+                q_all.narrow(0, q_offset, count * g.m * g.r).view({count, g.m, g.r}), {}};
+    p_offset += count * g.n * g.r;
+    q_offset += count * g.m * g.r;
+    std::vector<at::Tensor> qs;
+    std::vector<at::Tensor> errors;
+    for (size_t i = 0; i < g.names.size(); ++i) {
+      qs.push_back(q_for(g.names[i], g.m, g.r, options, iteration));
+      if (!options_.use_error_feedback) continue;
+      // Error feedback: what the approximation left out last time joins this gradient.
+      at::Tensor& error = error_[g.names[i]];
+      if (error.defined() && error.numel() == g.n * g.m) {
+        // A checkpoint may bring it from another device or dtype: moved once.
+        if (error.device() != buffer.device() || error.scalar_type() != buffer.scalar_type()) {
+          error = error.to(options);
+        }
+        errors.push_back(error.reshape({g.n, g.m}));
+      } else {
+        errors.push_back(at::zeros({g.n, g.m}, options));
+      }
+    }
+    batch.q_started = at::stack(qs);
+    batch.q.copy_(batch.q_started);
+    if (options_.use_error_feedback) {
+      batch.matrices.add_(errors.size() == 1 ? errors.front().unsqueeze(0) : at::stack(errors));
+    }
+    at::bmm_out(batch.p, batch.matrices, batch.q);
+    batches.push_back(std::move(batch));
   }
   std::shared_ptr<Work> p_work = group.allreduce(p_all);
 
   const double world = static_cast<double>(group.size());
-  // The continuations queue their kernels where run() queued its own (CUDA: the
-  // backward's stream), whichever stream the reducer's caller has.
-  const std::optional<c10::Stream> stream = current_stream(buffer.device());
   const bool error_feedback = options_.use_error_feedback;
   const double epsilon = options_.orthogonalization_epsilon;
   ProcessGroup* pg = &group;
   return CommFuture::of(std::move(p_work), p_all)
-      ->then([this, pg, work, q_all, epsilon, stream](const at::Tensor&) {
+      ->then([pg, batches, q_all, epsilon, stream](const at::Tensor&) {
         const c10::OptionalStreamGuard on_stream(stream);
-        // Every rank holds the same summed P, so every rank finds the same basis.
-        for (const auto& item : work) {
-          at::Tensor p = item.p;
+        for (const auto& batch : batches) {
+          // Every rank holds the same summed P, so every rank finds the same basis.
+          at::Tensor p = batch.p;
           orthogonalize(p, epsilon);
           // (P^T M)^T: the same products as M^T P, several times faster on the CPU (a
-          // transposed left operand of mm_out takes a slow path in MKL).
-          const_cast<at::Tensor&>(item.q).copy_(at::mm(item.p.t(), item.matrix).t());
+          // transposed left operand takes a slow path in MKL).
+          const_cast<at::Tensor&>(batch.q).copy_(at::bmm(batch.p.transpose(1, 2), batch.matrices).transpose(1, 2));
         }
         return CommFuture::of(pg->allreduce(q_all), q_all);
       })
-      ->then_map([this, buffer, gradients, plain, plain_work, plain_flat, work, world, error_feedback, stream](
+      ->then_map([this, buffer, plain_index, plain_work, plain_flat, batches, world, error_feedback, stream](
                      const at::Tensor&) {
         const c10::OptionalStreamGuard on_stream(stream);
         if (plain_work) {
           plain_work->wait(Work::kNoTimeout); // issued before P: complete already on the CPU
-          int64_t offset = 0;
-          for (size_t k : plain) {
-            const int64_t numel = gradients[k].numel();
-            gradients[k].view({-1}).copy_(plain_flat.narrow(0, offset, numel));
-            offset += numel;
-          }
+          at::Tensor(buffer).index_copy_(0, plain_index, plain_flat);
         }
-        for (const auto& item : work) {
-          at::Tensor approximation = at::mm(item.p, item.q.t());
-          if (error_feedback) {
-            // This rank's share of what the sum's approximation left out (the bucket
-            // holds gradients divided by the world size, the approximation their sum).
-            error_[item.name] = (item.matrix - approximation / world).view(item.gradient.sizes());
-          }
-          const_cast<at::Tensor&>(item.matrix).copy_(approximation);
+        for (const auto& batch : batches) {
+          const Group& g = *batch.group;
+          const at::Tensor approximation = at::bmm(batch.p, batch.q.transpose(1, 2));
+          at::Tensor errors;
+          // This rank's share of what the sum's approximation left out (the bucket holds
+          // gradients divided by the world size, the approximation their sum).
+          if (error_feedback) errors = batch.matrices - approximation / world;
           // Warm start: the next iteration begins from this Q. A column that came out zero
           // (the gradient was all zeros: a parameter no rank used) would stay zero for
           // good (P = M 0), so such a column keeps the Q it started from.
-          const at::Tensor started = q_.count(item.name) ? q_[item.name] : at::Tensor();
-          if (started.defined() && started.sizes() == item.q.sizes()) {
-            const at::Tensor kept = at::linalg_vector_norm(item.q, 2, {0}, /*keepdim=*/true) > 0;
-            q_[item.name] = at::where(kept, item.q, started);
+          const at::Tensor kept = at::linalg_vector_norm(batch.q, 2, {1}, /*keepdim=*/true) > 0;
+          const at::Tensor next_q = at::where(kept, batch.q, batch.q_started);
+          for (size_t i = 0; i < g.names.size(); ++i) {
+            const auto index = static_cast<int64_t>(i);
+            if (error_feedback) error_[g.names[i]] = errors[index].view(g.shapes[i]);
+            q_[g.names[i]] = next_q[index];
+          }
+          if (g.offset >= 0) {
+            const_cast<at::Tensor&>(batch.matrices).copy_(approximation); // in the bucket
           } else {
-            q_[item.name] = item.q.clone();
+            at::Tensor(buffer).index_copy_(0, g.index, approximation.reshape({-1}));
           }
         }
         return buffer;

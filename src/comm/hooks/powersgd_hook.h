@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <ddp/comm_hook.h>
 #include <ddp/hooks.h>
@@ -27,10 +28,39 @@ class PowerSGDHook final : public CommHook {
   State state() const override;
   void load_state(const State& state) override;
 
-  // Orthogonalises the columns of `matrix` (rows x r) in place, as the hook does.
-  static void orthogonalize(at::Tensor& matrix, double epsilon);
+  // Orthogonalises the columns of `matrices` (rows x r, or a batch B x rows x r) in place,
+  // as the hook does.
+  static void orthogonalize(at::Tensor& matrices, double epsilon);
 
  private:
+  // Compressed gradients of one shape (n x m, rank r) in a bucket, reduced as a batch.
+  struct Group {
+    int64_t n, m, r;
+    std::vector<std::string> names;
+    std::vector<std::vector<int64_t>> shapes;
+    at::Tensor index; // their elements' positions in the bucket, in order (a batch)
+    int64_t offset;   // >= 0: one large matrix, reduced where it lies from this offset
+  };
+  // Matrices of at most this many elements are batched with those of their shape; larger
+  // ones are reduced alone, in place.
+  static constexpr int64_t kBatchMaxElements = 1 << 16;
+  // A bucket's groups and the positions of its uncompressed gradients.
+  struct Layout {
+    std::vector<Group> groups;
+    at::Tensor plain_index; // undefined when every gradient is compressed
+    int64_t p_size = 0;
+    int64_t q_size = 0;
+  };
+  // One step of a group: its matrices (gathered), and its views of P and Q.
+  struct Batch {
+    const Group* group;
+    at::Tensor matrices;  // B x n x m
+    at::Tensor p;         // B x n x r, in the P buffer
+    at::Tensor q;         // B x m x r, in the Q buffer
+    at::Tensor q_started; // the Q the step began from
+  };
+  // The layout of `bucket`, made once per bucket layout (keyed by its parameter names).
+  const Layout& layout_for(const GradBucket& bucket);
   std::shared_ptr<CommFuture> run_step(GradBucket& bucket, int64_t iteration);
   // The Q of parameter `name` (m x r), new and random unless warm_start kept one.
   at::Tensor& q_for(const std::string& name, int64_t cols, int64_t rank, const at::TensorOptions& options,
@@ -40,6 +70,7 @@ class PowerSGDHook final : public CommHook {
   int64_t iteration_ = 0; // backward passes this hook has seen (counted at the last bucket)
   std::unordered_map<std::string, at::Tensor> q_;
   std::unordered_map<std::string, at::Tensor> error_;
+  std::unordered_map<std::string, Layout> layouts_;
 };
 
 } // namespace ddp::hooks
