@@ -191,9 +191,10 @@ TEST_CASE("PowerSGD reproduces the exact average of gradients of rank r, and sen
   CHECK(ddp::test::max_relative_error(tensors[0].grad(), full_rank) > 0.1);
 }
 
-// A matrix above PowerSGDHook::kBatchMaxElements is reduced alone where it lies in the
-// bucket (the smaller ones are gathered into same-shape batches): the same property.
-TEST_CASE("PowerSGD reproduces a large rank-r average too (reduced in place, not batched)", "[hooks]") {
+// A matrix above PowerSGDHook::kBatchMaxElements (or alone of its shape) is reduced where
+// it lies in the bucket; smaller ones of one shape are gathered into a batch: the same
+// property on both paths.
+TEST_CASE("PowerSGD reproduces rank-r averages in place and in same-shape batches", "[hooks]") {
   const int n = world().size();
   const int64_t rank = 4;
   ddp::hooks::PowerSGDOptions options;
@@ -203,20 +204,22 @@ TEST_CASE("PowerSGD reproduces a large rank-r average too (reduced in place, not
   options.use_error_feedback = false;
   torch::manual_seed(4);
   ddp::Reducer::NamedParameters named{{"big", torch::randn({300, 240}).requires_grad_()},
-                                      {"w", torch::randn({48, 40}).requires_grad_()}};
-  std::vector<torch::Tensor> tensors{named[0].second, named[1].second};
+                                      {"w", torch::randn({48, 40}).requires_grad_()},
+                                      {"w2", torch::randn({48, 40}).requires_grad_()}};
+  std::vector<torch::Tensor> tensors{named[0].second, named[1].second, named[2].second};
   ddp::Reducer reducer(named, ddp::test::world_ptr(), ddp::test::test_options()); // one bucket
   reducer.register_comm_hook(ddp::hooks::powersgd(options));
   torch::manual_seed(12);
-  const std::vector<torch::Tensor> bases{torch::randn({300, rank}), torch::randn({48, rank})};
+  const std::vector<torch::Tensor> bases{torch::randn({300, rank}), torch::randn({48, rank}), torch::randn({48, rank})};
   auto gradients_of = [&](int r, int it) {
     torch::manual_seed(900 + 10 * it + r);
     return std::vector<torch::Tensor>{torch::matmul(bases[0], torch::randn({rank, 240})),
-                                      torch::matmul(bases[1], torch::randn({rank, 40}))};
+                                      torch::matmul(bases[1], torch::randn({rank, 40})),
+                                      torch::matmul(bases[2], torch::randn({rank, 40}))};
   };
   for (int it = 0; it < 2; ++it) {
     step(reducer, tensors, gradients_of(world().rank(), it));
-    for (size_t k = 0; k < 2; ++k) {
+    for (size_t k = 0; k < 3; ++k) {
       CAPTURE(it, k);
       torch::Tensor exact = torch::zeros(tensors[k].sizes(), torch::kDouble);
       for (int r = 0; r < n; ++r) exact += gradients_of(r, it)[k].to(torch::kDouble) / n;
@@ -230,7 +233,7 @@ TEST_CASE("PowerSGD reproduces a large rank-r average too (reduced in place, not
             reduction_tolerance(torch::kFloat, terms) * kappa * kappa);
       CHECK(identical_across_ranks(tensors[k].grad()));
     }
-    CHECK(reducer.stats().hook_bytes_per_iteration == 4 * ((300 + 240) * rank + (48 + 40) * rank));
+    CHECK(reducer.stats().hook_bytes_per_iteration == 4 * ((300 + 240) * rank + 2 * (48 + 40) * rank));
   }
 }
 

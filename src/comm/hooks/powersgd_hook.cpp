@@ -174,7 +174,12 @@ const PowerSGDHook::Layout& PowerSGDHook::layout_for(const GradBucket& bucket) {
   };
   if (!plain_positions.empty()) layout.plain_index = to_index(plain_positions);
   for (size_t g = 0; g < layout.groups.size(); ++g) {
-    if (layout.groups[g].offset < 0) layout.groups[g].index = to_index(group_positions[g]);
+    Group& group_g = layout.groups[g];
+    if (group_g.offset < 0 && group_g.names.size() == 1) {
+      group_g.offset = group_positions[g].front(); // a shape of its own: in place, no gather
+    } else if (group_g.offset < 0) {
+      group_g.index = to_index(group_positions[g]);
+    }
     const auto& group = layout.groups[g];
     const auto count = static_cast<int64_t>(group.names.size());
     layout.p_size += count * group.n * group.r;

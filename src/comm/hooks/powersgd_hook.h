@@ -39,7 +39,7 @@ class PowerSGDHook final : public CommHook {
     std::vector<std::string> names;
     std::vector<std::vector<int64_t>> shapes;
     at::Tensor index; // their elements' positions in the bucket, in order (a batch)
-    int64_t offset;   // >= 0: one large matrix, reduced where it lies from this offset
+    int64_t offset;   // >= 0: one matrix (large, or alone of its shape), reduced where it lies
   };
   // Matrices of at most this many elements are batched with those of their shape; larger
   // ones are reduced alone, in place.
