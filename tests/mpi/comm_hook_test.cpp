@@ -129,19 +129,38 @@ TEST_CASE("fp16 and bf16 compression: each gradient within the format's rounding
   }
 }
 
-TEST_CASE("PowerSGD reproduces the exact average of gradients of rank r, and sends (n + m) r per matrix", "[hooks]") {
-  const int n = world().size();
-  const int64_t rank = 4;
+// PowerSGD's approximation itself: compressing from the first step, each step from a new
+// orthonormal Q, without the error feedback (which adds each rank's residual, of the same
+// rank-r structure, to the next step's gradient; the checkpoint and training tests cover it).
+ddp::hooks::PowerSGDOptions plain_powersgd(int64_t rank) {
   ddp::hooks::PowerSGDOptions options;
   options.matrix_approximation_rank = rank;
   options.start_powerSGD_iter = 0;
-  // The approximation itself: each step from a new orthonormal Q, without the error
-  // feedback (which adds each rank's residual, the same rank-r structure, to the next
-  // step's gradient; the checkpoint and training tests cover it).
   options.warm_start = false;
   options.use_error_feedback = false;
-  auto hook = ddp::hooks::powersgd(options);
-  Hooked hooked(hook);
+  return options;
+}
+
+// The bound for PowerSGD's rank-r approximation of a rows x cols average `exact` of rank r,
+// summed over `world` ranks. Rounding along the longest chain in float: M Q (cols terms),
+// the sum over ranks (world), Gram-Schmidt (a rows-term norm and r projections of rows
+// terms each), M^T P (rows terms), the sum over ranks (world), P Q^T (r terms), the
+// division (1). Gram-Schmidt loses orthogonality in proportion to the square of P's
+// condition number (Giraud, Langou, Rozloznik 2005), which for an orthonormal Q is at most
+// the average's kappa = sigma_1 / sigma_r: the bound is scaled by kappa^2.
+double powersgd_tolerance(const torch::Tensor& exact, int64_t rank, int world_size) {
+  const torch::Tensor sigma = torch::linalg_svdvals(exact);
+  const double kappa = (sigma[0] / sigma[rank - 1]).item<double>();
+  const int64_t rows = exact.size(0);
+  const int64_t cols = exact.size(1);
+  const int64_t terms = cols + world_size + rows * (rank + 1) + rows + world_size + rank + 1;
+  return reduction_tolerance(torch::kFloat, terms) * kappa * kappa;
+}
+
+TEST_CASE("PowerSGD reproduces the exact average of gradients of rank r, and sends (n + m) r per matrix", "[hooks]") {
+  const int n = world().size();
+  const int64_t rank = 4;
+  Hooked hooked(ddp::hooks::powersgd(plain_powersgd(rank)));
   auto& params = hooked.params;
   auto& tensors = hooked.tensors;
   auto& reducer = hooked.reducer;
@@ -163,21 +182,10 @@ TEST_CASE("PowerSGD reproduces the exact average of gradients of rank r, and sen
       CAPTURE(params.named[k].first);
       torch::Tensor exact = torch::zeros(tensors[k].sizes(), torch::kDouble);
       for (int r = 0; r < n; ++r) exact += gradients_of(r, it)[k].to(torch::kDouble) / n;
-      // Rounding along the longest chain in float: M Q (40 terms), the sum over ranks (n),
-      // Gram-Schmidt (a 48-term norm and r projections of 48 terms each), M^T P (48
-      // terms), the sum over ranks (n), P Q^T (r terms), the division (1). Gram-Schmidt
-      // loses orthogonality in proportion to the square of P's condition number (Giraud,
-      // Langou, Rozloznik 2005), which for an orthonormal Q is at most the average's
-      // kappa = sigma_1 / sigma_r: the bound is scaled by kappa^2. b and small are sent as
-      // they are: the division and n - 1 additions.
-      double tolerance = reduction_tolerance(torch::kFloat, n + 1);
-      if (k == 0) {
-        const torch::Tensor sigma = torch::linalg_svdvals(exact);
-        const double kappa = (sigma[0] / sigma[rank - 1]).item<double>();
-        const int64_t terms = 40 + n + 48 * (rank + 1) + 48 + n + rank + 1;
-        tolerance = reduction_tolerance(torch::kFloat, terms) * kappa * kappa;
-        CAPTURE(kappa);
-      }
+      // w: powersgd_tolerance; b and small are sent as they are: the division and n - 1
+      // additions.
+      const double tolerance =
+          k == 0 ? powersgd_tolerance(exact, rank, n) : reduction_tolerance(torch::kFloat, n + 1);
       CHECK(ddp::test::max_relative_error(tensors[k].grad(), exact) <= tolerance);
       CHECK(identical_across_ranks(tensors[k].grad()));
     }
@@ -197,18 +205,13 @@ TEST_CASE("PowerSGD reproduces the exact average of gradients of rank r, and sen
 TEST_CASE("PowerSGD reproduces rank-r averages in place and in same-shape batches", "[hooks]") {
   const int n = world().size();
   const int64_t rank = 4;
-  ddp::hooks::PowerSGDOptions options;
-  options.matrix_approximation_rank = rank;
-  options.start_powerSGD_iter = 0;
-  options.warm_start = false;
-  options.use_error_feedback = false;
   torch::manual_seed(4);
   ddp::Reducer::NamedParameters named{{"big", torch::randn({300, 240}).requires_grad_()},
                                       {"w", torch::randn({48, 40}).requires_grad_()},
                                       {"w2", torch::randn({48, 40}).requires_grad_()}};
   std::vector<torch::Tensor> tensors{named[0].second, named[1].second, named[2].second};
   ddp::Reducer reducer(named, ddp::test::world_ptr(), ddp::test::test_options()); // one bucket
-  reducer.register_comm_hook(ddp::hooks::powersgd(options));
+  reducer.register_comm_hook(ddp::hooks::powersgd(plain_powersgd(rank)));
   torch::manual_seed(12);
   const std::vector<torch::Tensor> bases{torch::randn({300, rank}), torch::randn({48, rank}), torch::randn({48, rank})};
   auto gradients_of = [&](int r, int it) {
@@ -223,14 +226,7 @@ TEST_CASE("PowerSGD reproduces rank-r averages in place and in same-shape batche
       CAPTURE(it, k);
       torch::Tensor exact = torch::zeros(tensors[k].sizes(), torch::kDouble);
       for (int r = 0; r < n; ++r) exact += gradients_of(r, it)[k].to(torch::kDouble) / n;
-      const torch::Tensor sigma = torch::linalg_svdvals(exact);
-      const double kappa = (sigma[0] / sigma[rank - 1]).item<double>();
-      const int64_t rows = tensors[k].size(0);
-      const int64_t cols = tensors[k].size(1);
-      // As above: M Q, the sums, Gram-Schmidt, M^T P, P Q^T, the division; times kappa^2.
-      const int64_t terms = cols + n + rows * (rank + 1) + rows + n + rank + 1;
-      CHECK(ddp::test::max_relative_error(tensors[k].grad(), exact) <=
-            reduction_tolerance(torch::kFloat, terms) * kappa * kappa);
+      CHECK(ddp::test::max_relative_error(tensors[k].grad(), exact) <= powersgd_tolerance(exact, rank, n));
       CHECK(identical_across_ranks(tensors[k].grad()));
     }
     CHECK(reducer.stats().hook_bytes_per_iteration == 4 * ((300 + 240) * rank + 2 * (48 + 40) * rank));
@@ -243,7 +239,6 @@ TEST_CASE("PowerSGD keeps its state by parameter name", "[hooks]") {
   options.start_powerSGD_iter = 0;
   auto hook = ddp::hooks::powersgd(options);
   Hooked hooked(hook);
-  auto& params = hooked.params;
   auto& tensors = hooked.tensors;
   auto& reducer = hooked.reducer;
   for (int it = 0; it < 3; ++it) step(reducer, tensors, my_gradients(tensors, it));
@@ -394,7 +389,7 @@ TEST_CASE("a hook that throws is a ReductionError on every rank naming the hook 
     }
     Hooked hooked(std::make_shared<FailingHook>(ranks, /*iteration=*/1, /*bucket=*/1, c.in_continuation));
     auto& params = hooked.params;
-    auto& tensors = hooked.tensors;
+  auto& tensors = hooked.tensors;
     auto& reducer = hooked.reducer;
     step(reducer, tensors, my_gradients(tensors, 0));
     auto error_of_step = [&](int it) {
@@ -601,7 +596,6 @@ TEST_CASE("PowerSGD: a parameter unused on every rank for a while is averaged on
   options.start_powerSGD_iter = 1;
   auto hook = ddp::hooks::powersgd(options);
   Hooked hooked(hook);
-  auto& params = hooked.params;
   auto& tensors = hooked.tensors;
   auto& reducer = hooked.reducer;
   for (int it = 0; it < 3; ++it) {
