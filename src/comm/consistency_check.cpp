@@ -9,20 +9,12 @@
 
 #include <ddp/error.h>
 
+#include "common/fnv1a.h"
+
 namespace ddp::detail {
 namespace {
 
 constexpr char kFieldSeparator = '\x1f';
-
-// FNV-1a: the same in every process, unlike std::hash.
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
 const char* kind_name(ConsistencyItem::Kind kind) {
   switch (kind) {

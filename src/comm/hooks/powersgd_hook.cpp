@@ -1,6 +1,7 @@
 #include "comm/hooks/powersgd_hook.h"
 
 #include "comm/hooks/hook_stream.h"
+#include "common/fnv1a.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -25,12 +26,7 @@ constexpr const char* kError = "error.";
 // FNV-1a, the same in every process: each parameter's initial Q has its own seed, so
 // it does not depend on which bucket the parameter is in or when it was first seen.
 uint64_t seed_for(uint64_t seed, const std::string& name) {
-  uint64_t h = 1469598103934665603ull ^ seed;
-  for (unsigned char c : name) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
+  return detail::fnv1a(name, detail::kFnv1aOffset ^ seed);
 }
 
 } // namespace
@@ -115,17 +111,24 @@ std::shared_ptr<CommFuture> PowerSGDHook::run(GradBucket& bucket) {
   return future;
 }
 
-const PowerSGDHook::Layout& PowerSGDHook::layout_for(const GradBucket& bucket) {
+std::shared_ptr<const PowerSGDHook::Layout> PowerSGDHook::layout_for(const GradBucket& bucket) {
   const auto& names = bucket.parameter_names();
   const auto& shapes = bucket.parameter_shapes();
   const at::Tensor& buffer = bucket.buffer();
-  std::string key = buffer.device().str();
-  for (const auto& name : names) key += '\x1f' + name;
+  // Found by the address of the bucket's name list (the reducer keeps one per bucket
+  // layout), confirmed by its contents: a list freed by the rebuild may be reused at the
+  // same address. No allocation per step.
+  const void* key = &names;
   auto found = layouts_.find(key);
-  if (found != layouts_.end()) return found->second;
+  if (found != layouts_.end() && found->second->names == names && found->second->device == buffer.device()) {
+    return found->second;
+  }
 
   // Each parameter's place in the buffer; compressed matrices grouped by (n, m, r).
-  Layout layout;
+  auto made = std::make_shared<Layout>();
+  Layout& layout = *made;
+  layout.names = names;
+  layout.device = buffer.device();
   std::vector<int64_t> plain_positions;
   std::map<std::array<int64_t, 3>, size_t> group_of;
   std::vector<std::vector<int64_t>> group_positions;
@@ -186,9 +189,11 @@ const PowerSGDHook::Layout& PowerSGDHook::layout_for(const GradBucket& bucket) {
     layout.q_size += count * group.m * group.r;
   }
   // Layouts change only with the buckets (the rebuild after the first iteration): a
-  // bound on the cache is a bound on a leak, not a working set.
+  // bound on the cache is a bound on a leak, not a working set. A step's futures hold
+  // their layout, so dropping it here frees nothing they still use.
   if (layouts_.size() >= 64) layouts_.clear();
-  return layouts_.emplace(std::move(key), std::move(layout)).first->second;
+  layouts_[key] = made;
+  return made;
 }
 
 std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t iteration) {
@@ -197,7 +202,8 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
   if (iteration < options_.start_powerSGD_iter) {
     return CommFuture::of(group.allreduce(buffer), buffer);
   }
-  const Layout& layout = layout_for(bucket);
+  const std::shared_ptr<const Layout> held = layout_for(bucket);
+  const Layout& layout = *held;
   const auto options = buffer.options();
 
   // The uncompressed gradients travel together, as they are: gathered by one index.
@@ -266,7 +272,7 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
   const double epsilon = options_.orthogonalization_epsilon;
   ProcessGroup* pg = &group;
   return CommFuture::of(std::move(p_work), p_all)
-      ->then([pg, batches, q_all, epsilon, stream](const at::Tensor&) {
+      ->then([pg, batches, q_all, epsilon, stream, held](const at::Tensor&) {
         const c10::OptionalStreamGuard on_stream(stream);
         for (const auto& batch : batches) {
           // Every rank holds the same summed P, so every rank finds the same basis.
@@ -278,7 +284,7 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
         }
         return CommFuture::of(pg->allreduce(q_all), q_all);
       })
-      ->then_map([this, buffer, plain_index, plain_work, plain_flat, batches, world, error_feedback, stream](
+      ->then_map([this, buffer, plain_index, plain_work, plain_flat, batches, world, error_feedback, stream, held](
                      const at::Tensor&) {
         const c10::OptionalStreamGuard on_stream(stream);
         if (plain_work) {

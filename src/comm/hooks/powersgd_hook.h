@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -46,6 +47,8 @@ class PowerSGDHook final : public CommHook {
   static constexpr int64_t kBatchMaxElements = 1 << 16;
   // A bucket's groups and the positions of its uncompressed gradients.
   struct Layout {
+    std::vector<std::string> names; // the bucket's parameters, in order (what it was made for)
+    c10::Device device = c10::kCPU;
     std::vector<Group> groups;
     at::Tensor plain_index; // undefined when every gradient is compressed
     int64_t p_size = 0;
@@ -53,14 +56,14 @@ class PowerSGDHook final : public CommHook {
   };
   // One step of a group: its matrices (gathered), and its views of P and Q.
   struct Batch {
-    const Group* group;
+    const Group* group;   // in the layout the step's continuations hold
     at::Tensor matrices;  // B x n x m
     at::Tensor p;         // B x n x r, in the P buffer
     at::Tensor q;         // B x m x r, in the Q buffer
     at::Tensor q_started; // the Q the step began from
   };
-  // The layout of `bucket`, made once per bucket layout (keyed by its parameter names).
-  const Layout& layout_for(const GradBucket& bucket);
+  // The layout of `bucket`, made once per bucket layout.
+  std::shared_ptr<const Layout> layout_for(const GradBucket& bucket);
   std::shared_ptr<CommFuture> run_step(GradBucket& bucket, int64_t iteration);
   // The Q of parameter `name` (m x r), new and random unless warm_start kept one.
   at::Tensor& q_for(const std::string& name, int64_t cols, int64_t rank, const at::TensorOptions& options,
@@ -70,7 +73,7 @@ class PowerSGDHook final : public CommHook {
   int64_t iteration_ = 0; // backward passes this hook has seen (counted at the last bucket)
   std::unordered_map<std::string, at::Tensor> q_;
   std::unordered_map<std::string, at::Tensor> error_;
-  std::unordered_map<std::string, Layout> layouts_;
+  std::unordered_map<const void*, std::shared_ptr<Layout>> layouts_;
 };
 
 } // namespace ddp::hooks
