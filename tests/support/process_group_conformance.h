@@ -23,6 +23,25 @@
       CHECK(at::equal(t.cpu().to(at::kDouble), expected));                                                    \
     }                                                                                                         \
   }                                                                                                           \
+  TEST_CASE("allreduce sums large tensors of uneven length exactly " TAG, TAG "[pg]") {                        \
+    /* Sizes around the MPI backend's ring threshold (256 KiB) and its 1 MiB chunks, none a                  \
+       multiple of the world size: every segment and chunk boundary is crossed. Values are                    \
+       small integers, exact in every dtype, so the sum is exact whatever the order. */                       \
+    auto pg = MAKE_GROUP();                                                                                   \
+    const int n = pg->size();                                                                                 \
+    const int r = pg->rank();                                                                                 \
+    const std::pair<c10::ScalarType, int64_t> cases[] = {                                                     \
+        {at::kFloat, (256 << 10) / 4 + 1}, {at::kFloat, 3 * (1 << 18) + 2}, {at::kDouble, 300007},             \
+        {at::kLong, 40009}, {at::kHalf, 1200001}, {at::kBFloat16, 700003}, {at::kInt, 65535}};                  \
+    for (const auto& [dtype, numel] : cases) {                                                                \
+      CAPTURE(c10::toString(dtype), numel);                                                                   \
+      at::Tensor pattern = at::arange(numel, at::kLong).remainder(7).to(at::kDouble);                         \
+      at::Tensor t = pattern.add(r).to(at::TensorOptions(TENSOR_OPTIONS).dtype(dtype));                        \
+      pg->allreduce(t)->wait(std::chrono::seconds(60));                                                       \
+      at::Tensor expected = pattern.mul(n).add(n * (n - 1) / 2.0);                                            \
+      CHECK(at::equal(t.cpu().to(at::kDouble), expected));                                                    \
+    }                                                                                                         \
+  }                                                                                                           \
   TEST_CASE("broadcast from every root " TAG, TAG "[pg]") {                                                   \
     auto pg = MAKE_GROUP();                                                                                   \
     for (int root = 0; root < pg->size(); ++root) {                                                           \

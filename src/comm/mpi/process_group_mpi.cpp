@@ -10,6 +10,9 @@
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_runtime.h"
 #include "comm/mpi/mpi_types.h"
+#include "comm/mpi/request_wait.h"
+#include "comm/mpi/ring_allreduce.h"
+#include "common/logging.h"
 
 namespace ddp::mpi {
 namespace {
@@ -34,6 +37,9 @@ ProcessGroupMPI::ProcessGroupMPI() {
   });
   rank_ = runtime.world_rank();
   size_ = runtime.world_size();
+  wait_ = WaitPolicy::from_env(rank_, node_local_ranks());
+  ring_ = std::make_shared<RingAllreduce>(comm_, rank_, size_);
+  detail::log(detail::LogLevel::kDebug, rank_, "MPI waits: {}", wait_.describe());
 }
 
 ProcessGroupMPI::~ProcessGroupMPI() {
@@ -76,15 +82,19 @@ std::shared_ptr<Work> ProcessGroupMPI::allreduce(at::Tensor tensor) {
   auto work = make_work(describe("allreduce", tensor));
   MPI_Comm comm = comm_;
   auto staged = stage({tensor}, {true}, {true});
-  MpiRuntime::instance().enqueue(work, [tensor, type, op, comm, staged] {
+  MpiRuntime::instance().enqueue(work, [tensor, type, op, comm, staged, wait = wait_, ring = ring_] {
     if (staged) staged->wait_copied_in();
     const at::Tensor& buffer = staged ? staged->host(0) : tensor;
     auto* data = static_cast<char*>(buffer.data_ptr());
     const int64_t n = tensor.numel();
     const int64_t elem = tensor.element_size();
-    for (int64_t offset = 0; offset < n; offset += kMaxCount) {
-      const int count = static_cast<int>(std::min(kMaxCount, n - offset));
-      DDP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data + offset * elem, count, type, op, comm));
+    if (wait.mode == WaitMode::kSleep && ring->suits(n, elem)) {
+      ring->run(data, n, type, elem, op, wait);
+    } else {
+      for (int64_t offset = 0; offset < n; offset += kMaxCount) {
+        const int count = static_cast<int>(std::min(kMaxCount, n - offset));
+        DDP_CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, data + offset * elem, count, type, op, comm));
+      }
     }
     if (staged) staged->copy_out();
   });
@@ -99,7 +109,7 @@ std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
   MPI_Comm comm = comm_;
   // Only the root's tensor is read; every rank's is written (the root's with itself).
   auto staged = stage({tensor}, {rank_ == root}, {rank_ != root});
-  MpiRuntime::instance().enqueue(work, [tensor, type, root, comm, staged] {
+  MpiRuntime::instance().enqueue(work, [tensor, type, root, comm, staged, wait = wait_] {
     if (staged) staged->wait_copied_in();
     const at::Tensor& buffer = staged ? staged->host(0) : tensor;
     auto* data = static_cast<char*>(buffer.data_ptr());
@@ -107,7 +117,13 @@ std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
     const int64_t elem = tensor.element_size();
     for (int64_t offset = 0; offset < n; offset += kMaxCount) {
       const int count = static_cast<int>(std::min(kMaxCount, n - offset));
-      DDP_CHECK_MPI(MPI_Bcast(data + offset * elem, count, type, root, comm));
+      if (wait.mode == WaitMode::kSpin) {
+        DDP_CHECK_MPI(MPI_Bcast(data + offset * elem, count, type, root, comm));
+      } else {
+        MPI_Request request = MPI_REQUEST_NULL;
+        DDP_CHECK_MPI(MPI_Ibcast(data + offset * elem, count, type, root, comm, &request));
+        wait_request(request, wait);
+      }
     }
     if (staged) staged->copy_out();
   });
@@ -133,13 +149,19 @@ std::shared_ptr<Work> ProcessGroupMPI::allgather(std::vector<at::Tensor> outputs
   std::vector<bool> writes(tensors.size(), true);
   writes.back() = false;
   auto staged = stage(tensors, reads, writes);
-  MpiRuntime::instance().enqueue(work, [outputs = std::move(outputs), input, type, comm, staged] {
+  MpiRuntime::instance().enqueue(work, [outputs = std::move(outputs), input, type, comm, staged, wait = wait_] {
     if (staged) staged->wait_copied_in();
     const at::Tensor& in = staged ? staged->host(outputs.size()) : input;
     // One contiguous receive buffer, then scattered into the outputs.
     at::Tensor flat = at::empty({static_cast<int64_t>(outputs.size()), in.numel()}, in.options());
-    DDP_CHECK_MPI(MPI_Allgather(in.data_ptr(), static_cast<int>(in.numel()), type, flat.data_ptr(),
-                                static_cast<int>(in.numel()), type, comm));
+    const int count = static_cast<int>(in.numel());
+    if (wait.mode == WaitMode::kSpin) {
+      DDP_CHECK_MPI(MPI_Allgather(in.data_ptr(), count, type, flat.data_ptr(), count, type, comm));
+    } else {
+      MPI_Request request = MPI_REQUEST_NULL;
+      DDP_CHECK_MPI(MPI_Iallgather(in.data_ptr(), count, type, flat.data_ptr(), count, type, comm, &request));
+      wait_request(request, wait);
+    }
     for (size_t r = 0; r < outputs.size(); ++r) {
       const at::Tensor& out = staged ? staged->host(r) : outputs[r];
       out.view({-1}).copy_(flat[static_cast<int64_t>(r)]);
@@ -152,7 +174,15 @@ std::shared_ptr<Work> ProcessGroupMPI::allgather(std::vector<at::Tensor> outputs
 void ProcessGroupMPI::barrier() {
   auto work = make_work("barrier");
   MPI_Comm comm = comm_;
-  MpiRuntime::instance().enqueue(work, [comm] { DDP_CHECK_MPI(MPI_Barrier(comm)); });
+  MpiRuntime::instance().enqueue(work, [comm, wait = wait_] {
+    if (wait.mode == WaitMode::kSpin) {
+      DDP_CHECK_MPI(MPI_Barrier(comm));
+      return;
+    }
+    MPI_Request request = MPI_REQUEST_NULL;
+    DDP_CHECK_MPI(MPI_Ibarrier(comm, &request));
+    wait_request(request, wait);
+  });
   work->wait(timeout());
 }
 

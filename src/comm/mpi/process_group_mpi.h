@@ -13,6 +13,9 @@
 
 #include <ddp/process_group.h>
 
+#include "comm/mpi/request_wait.h"
+#include "comm/mpi/ring_allreduce.h"
+
 namespace ddp::mpi {
 
 class HostStaging;
@@ -43,6 +46,11 @@ class ProcessGroupMPI final : public ProcessGroup {
   int rank_ = 0;
   int size_ = 1;
   std::atomic<uint64_t> sequence_{0};
+  // How the communication thread waits for each collective (DDP_MPI_WAIT).
+  WaitPolicy wait_;
+  // Large all-reduces when the wait sleeps; shared with the queued collectives, which
+  // may run after this group is destroyed.
+  std::shared_ptr<RingAllreduce> ring_;
 };
 
 } // namespace ddp::mpi
