@@ -9,7 +9,8 @@
 #
 # Settings: RATES ("1gbit 10gbit"; "" skips the comparison), HOSTS (2), MODELS (mlp,resnet), ROUNDS (3),
 # ITERATIONS (30 timed steps per mode), SWEEP_RATE (1gbit; "" skips the sweep),
-# SWEEP_MODEL (mlp), SWEEP_CAPS (0.5,1,2,4,8,16,32), SWEEP_PASSES (2), BUILD_DIR (build).
+# SWEEP_MODEL (mlp), SWEEP_CAPS (0.5,1,2,4,8,16,32), SWEEP_PASSES (2), BUILD_DIR (build),
+# WAIT_RATES ("": skipped; e.g. "1gbit 10gbit": DDP_MPI_WAIT=spin against sleep).
 # Open MPI: OMPI_MCA_mpi_yield_when_idle=1, and the TCP transport without its emulated
 # RDMA put (OMPI_MCA_btl_tcp_flags without "put"), which halved the throughput of
 # repeated all-reduces of separate buffers on the shaped links; TCP_PUT=on keeps Open
@@ -61,6 +62,23 @@ for rate in ${RATES-1gbit 10gbit}; do
     --rounds "${ROUNDS:-3}" --iterations "${ITERATIONS:-30}" --bench "$build/bench/ddp_bench" \
     --markdown --json-out "$out/compare_$rate.json" | tee "$out/compare_$rate.md"
   note "compare $rate end"
+done
+
+# How the MPI thread waits (docs/threads.md): DDP_MPI_WAIT=spin (blocking MPI calls)
+# against sleep (auto's choice for one rank per host), alternating per round, libddp only.
+for rate in ${WAIT_RATES-}; do
+  "$cluster" --name "$name" --hosts "${HOSTS:-2}" --rate "$rate" up
+  wait_quiet
+  note "wait $rate start"
+  for round in $(seq "${ROUNDS:-3}"); do
+    for wait in spin sleep; do
+      echo "== $rate round $round DDP_MPI_WAIT=$wait" | tee -a "$out/wait_$rate.txt"
+      DDP_MPI_WAIT=$wait "$cluster" --name "$name" mpirun -np "${HOSTS:-2}" --bind-to none "$build/bench/ddp_bench" \
+        --model "${MODELS:-mlp,resnet}" --mode local,ddp --iterations "${ITERATIONS:-30}" --link-dev eth0 \
+        | grep -E '^model|^(local|ddp) |collectives' | tee -a "$out/wait_$rate.txt"
+    done
+  done
+  note "wait $rate end"
 done
 
 if [ -n "${SWEEP_RATE-1gbit}" ]; then

@@ -1,5 +1,5 @@
 // How the MPI backend waits for its collectives (src/comm/mpi/request_wait.h): the
-// settings' parsing and "auto"'s choice. The collectives themselves run in both modes
+// settings' parsing. The collectives themselves run in both modes
 // through the conformance cases (ctest mpi_np*_pg and mpi_np*_sleep_wait).
 #include <catch2/catch.hpp>
 
@@ -44,20 +44,19 @@ using ddp::mpi::WaitPolicy;
 
 } // namespace
 
-TEST_CASE("the MPI wait mode: auto sleeps only for a rank alone on its node", "[pg]") {
+TEST_CASE("the MPI wait mode: spin by default, sleep when asked", "[pg]") {
   ScopedEnv sleep_us("DDP_MPI_WAIT_SLEEP_US", nullptr);
-  for (const char* unset_or_auto : {static_cast<const char*>(nullptr), "auto", ""}) {
-    ScopedEnv mode("DDP_MPI_WAIT", unset_or_auto);
-    CHECK(WaitPolicy::from_env(0, 1).mode == WaitMode::kSleep);
-    CHECK(WaitPolicy::from_env(0, 2).mode == WaitMode::kSpin);
+  for (const char* unset_or_empty : {static_cast<const char*>(nullptr), ""}) {
+    ScopedEnv mode("DDP_MPI_WAIT", unset_or_empty);
+    CHECK(WaitPolicy::from_env(0).mode == WaitMode::kSpin);
   }
   {
     ScopedEnv mode("DDP_MPI_WAIT", "spin");
-    CHECK(WaitPolicy::from_env(0, 1).mode == WaitMode::kSpin);
+    CHECK(WaitPolicy::from_env(0).mode == WaitMode::kSpin);
   }
   {
     ScopedEnv mode("DDP_MPI_WAIT", "sleep");
-    const WaitPolicy policy = WaitPolicy::from_env(0, 4);
+    const WaitPolicy policy = WaitPolicy::from_env(0);
     CHECK(policy.mode == WaitMode::kSleep);
     CHECK(policy.max_sleep == std::chrono::microseconds(100));
     CHECK_THAT(policy.describe(), Catch::Contains("100 us"));
@@ -67,8 +66,8 @@ TEST_CASE("the MPI wait mode: auto sleeps only for a rank alone on its node", "[
 TEST_CASE("the MPI wait settings reject bad values, naming the variable, the rank and the choices", "[pg]") {
   {
     ScopedEnv mode("DDP_MPI_WAIT", "poll");
-    CHECK_THROWS_AS(WaitPolicy::from_env(3, 1), ddp::InvalidArgumentError);
-    CHECK_THROWS_WITH(WaitPolicy::from_env(3, 1), Catch::Contains("DDP_MPI_WAIT=\"poll\"") &&
+    CHECK_THROWS_AS(WaitPolicy::from_env(3), ddp::InvalidArgumentError);
+    CHECK_THROWS_WITH(WaitPolicy::from_env(3), Catch::Contains("DDP_MPI_WAIT=\"poll\"") &&
                                                       Catch::Contains("rank 3") && Catch::Contains("spin") &&
                                                       Catch::Contains("sleep"));
   }
@@ -76,9 +75,9 @@ TEST_CASE("the MPI wait settings reject bad values, naming the variable, the ran
   for (const char* bad : {"0", "-5", "12us", "100001", "x"}) {
     CAPTURE(bad);
     ScopedEnv sleep_us("DDP_MPI_WAIT_SLEEP_US", bad);
-    CHECK_THROWS_WITH(WaitPolicy::from_env(1, 1), Catch::Contains("DDP_MPI_WAIT_SLEEP_US") &&
+    CHECK_THROWS_WITH(WaitPolicy::from_env(1), Catch::Contains("DDP_MPI_WAIT_SLEEP_US") &&
                                                       Catch::Contains("rank 1") && Catch::Contains("microseconds"));
   }
   ScopedEnv sleep_us("DDP_MPI_WAIT_SLEEP_US", "250");
-  CHECK(WaitPolicy::from_env(0, 1).max_sleep == std::chrono::microseconds(250));
+  CHECK(WaitPolicy::from_env(0).max_sleep == std::chrono::microseconds(250));
 }

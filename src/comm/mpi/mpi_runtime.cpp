@@ -49,16 +49,12 @@ int usable_cores() {
   return static_cast<int>(std::thread::hardware_concurrency());
 }
 
-} // namespace
-
-int node_local_ranks() {
+int local_ranks() {
   for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"}) {
     if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
   }
   return 1;
 }
-
-namespace {
 
 void apply_thread_priority(int rank) {
   const char* env = std::getenv("DDP_COMM_THREAD_PRIORITY");
@@ -67,14 +63,14 @@ void apply_thread_priority(int rank) {
   if (setting == "low") {
     low = true;
   } else if (setting == "auto") {
-    low = node_local_ranks() * at::get_num_threads() >= usable_cores();
+    low = local_ranks() * at::get_num_threads() >= usable_cores();
   } else if (setting != "normal") {
     detail::log(detail::LogLevel::kWarn, rank, "DDP_COMM_THREAD_PRIORITY=\"{}\" is not auto, low or normal; using auto",
                 setting);
-    low = node_local_ranks() * at::get_num_threads() >= usable_cores();
+    low = local_ranks() * at::get_num_threads() >= usable_cores();
   }
   detail::log(detail::LogLevel::kInfo, rank, "MPI communication thread priority: {} ({} ranks on this node, {} "
-              "compute threads each, {} usable cores)", low ? "low (SCHED_IDLE)" : "normal", node_local_ranks(),
+              "compute threads each, {} usable cores)", low ? "low (SCHED_IDLE)" : "normal", local_ranks(),
               at::get_num_threads(), usable_cores());
   if (!low) return;
   sched_param param{};

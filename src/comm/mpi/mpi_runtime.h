@@ -21,10 +21,6 @@
 
 namespace ddp::mpi {
 
-// The ranks the launcher started on this node (OMPI_COMM_WORLD_LOCAL_SIZE,
-// MPI_LOCALNRANKS or LOCAL_WORLD_SIZE), 1 when none says.
-int node_local_ranks();
-
 class MpiRuntime {
  public:
   // Starts the thread and MPI on first use. Throws CommError when MPI cannot start.

@@ -37,7 +37,7 @@ ProcessGroupMPI::ProcessGroupMPI() {
   });
   rank_ = runtime.world_rank();
   size_ = runtime.world_size();
-  wait_ = WaitPolicy::from_env(rank_, node_local_ranks());
+  wait_ = WaitPolicy::from_env(rank_);
   ring_ = std::make_shared<RingAllreduce>(comm_, rank_, size_);
   detail::log(detail::LogLevel::kDebug, rank_, "MPI waits: {}", wait_.describe());
 }

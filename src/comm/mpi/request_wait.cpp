@@ -13,21 +13,18 @@
 
 namespace ddp::mpi {
 
-WaitPolicy WaitPolicy::from_env(int rank, int node_local_ranks) {
+WaitPolicy WaitPolicy::from_env(int rank) {
   WaitPolicy policy;
-  policy.mode = node_local_ranks == 1 ? WaitMode::kSleep : WaitMode::kSpin;
   if (const char* mode = std::getenv("DDP_MPI_WAIT"); mode != nullptr && *mode != '\0') {
     const std::string value = mode;
-    if (value == "auto") {
-      // as above
-    } else if (value == "spin") {
+    if (value == "spin") {
       policy.mode = WaitMode::kSpin;
     } else if (value == "sleep") {
       policy.mode = WaitMode::kSleep;
     } else {
       throw InvalidArgumentError(fmt::format(
-          "[ddp rank {}] DDP_MPI_WAIT=\"{}\": expected auto (the default: sleep when this rank is alone on its node, "
-          "else spin), spin (blocking MPI calls, which hold a core) or sleep (test, then sleep between tests).",
+          "[ddp rank {}] DDP_MPI_WAIT=\"{}\": expected spin (the default: blocking MPI calls, which poll until the "
+          "collective ends) or sleep (test, then sleep between tests). Set the same value on every rank.",
           rank, value));
     }
   }

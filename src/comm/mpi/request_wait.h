@@ -27,13 +27,13 @@ struct WaitPolicy {
   std::chrono::microseconds spin{50};      // test without sleeping for this long first
   std::chrono::microseconds max_sleep{100}; // the sleep doubles from 1 us up to this
 
-  // DDP_MPI_WAIT=auto|spin|sleep and DDP_MPI_WAIT_SLEEP_US (the longest sleep between
-  // tests). auto (the default) sleeps when this rank is alone on its node, so that all
-  // its traffic crosses a network whose NIC and kernel move the bytes between progress
-  // calls; it spins when ranks share the node, because shared-memory transfers advance
-  // only inside progress calls. An unknown value is an InvalidArgumentError naming the
-  // variable.
-  static WaitPolicy from_env(int rank, int node_local_ranks);
+  // DDP_MPI_WAIT=spin|sleep (default spin) and DDP_MPI_WAIT_SLEEP_US (the longest sleep
+  // between tests). Spin stays the default: on the simulated cluster sleeping cut the
+  // ranks' system CPU time by three quarters but did not shorten the step, because there
+  // the communication's own work then competes with backward for the same cores
+  // (docs/performance.md, "Sleeping between progress calls"). An unknown value is an
+  // InvalidArgumentError naming the variable.
+  static WaitPolicy from_env(int rank);
   std::string describe() const;
 };
 
