@@ -7,9 +7,13 @@
 #include <optional>
 #include <string>
 
+#include <ddp/ddp.h>
 #include <ddp/error.h>
+#include <fmt/format.h>
+#include <torch/torch.h>
 
 #include "comm/mpi/request_wait.h"
+#include "world.h"
 
 namespace {
 
@@ -80,4 +84,40 @@ TEST_CASE("the MPI wait settings reject bad values, naming the variable, the ran
   }
   ScopedEnv sleep_us("DDP_MPI_WAIT_SLEEP_US", "250");
   CHECK(WaitPolicy::from_env(0).max_sleep == std::chrono::microseconds(250));
+}
+
+// Different modes make different MPI calls, which never match: creating the group must
+// fail on every rank, naming each rank's mode, instead of hanging in the first collective.
+TEST_CASE("ranks with different DDP_MPI_WAIT modes fail at group creation, all of them", "[pg]") {
+  auto world = ddp::test::world_ptr();
+  const int rank = world->rank();
+  const int last = world->size() - 1;
+  ScopedEnv sleep_us("DDP_MPI_WAIT_SLEEP_US", nullptr);
+  {
+    ScopedEnv mode("DDP_MPI_WAIT", rank == 0 ? "sleep" : "spin");
+    CHECK_THROWS_AS(ddp::init_process_group("mpi"), ddp::InvalidArgumentError);
+    CHECK_THROWS_WITH(ddp::init_process_group("mpi"),
+                      Catch::Contains("different DDP_MPI_WAIT modes") && Catch::Contains("rank 0: sleep") &&
+                          Catch::Contains(fmt::format("rank {}: spin", last)) &&
+                          Catch::Contains(fmt::format("[ddp rank {}]", rank)));
+  }
+  {
+    // A value one rank rejects: that rank says why, the others name it.
+    ScopedEnv mode("DDP_MPI_WAIT", rank == last ? "poll" : "sleep");
+    if (rank == last) {
+      CHECK_THROWS_WITH(ddp::init_process_group("mpi"), Catch::Contains("DDP_MPI_WAIT=\"poll\""));
+    } else {
+      CHECK_THROWS_WITH(ddp::init_process_group("mpi"),
+                        Catch::Contains(fmt::format("rank {} rejected its DDP_MPI_WAIT", last)));
+    }
+  }
+  // The failed creations left nothing half-made: a new group in either mode works.
+  for (const char* agreed : {"spin", "sleep"}) {
+    CAPTURE(agreed);
+    ScopedEnv mode("DDP_MPI_WAIT", agreed);
+    auto pg = ddp::init_process_group("mpi");
+    at::Tensor t = at::ones({(1 << 18) + 3});
+    pg->allreduce(t)->wait(std::chrono::seconds(60));
+    CHECK(at::equal(t, at::full_like(t, world->size())));
+  }
 }

@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <climits>
+#include <string>
+#include <vector>
 
 #include "comm/argument_checks.h"
 #include "comm/mpi/host_staging.h"
@@ -20,6 +23,39 @@ namespace {
 // MPI counts are int: larger tensors go in chunks.
 constexpr int64_t kMaxCount = INT_MAX / 2;
 
+// A rank's DDP_MPI_WAIT setting that it rejected (its own error says why).
+constexpr int kInvalidWaitMode = -1;
+
+const char* wait_mode_name(int mode) {
+  switch (mode) {
+    case static_cast<int>(WaitMode::kSpin): return "spin";
+    case static_cast<int>(WaitMode::kSleep): return "sleep";
+  }
+  return "invalid";
+}
+
+// Empty when every rank chose the same valid wait mode; else the error all ranks raise.
+std::string check_wait_modes(int rank, const std::vector<int>& modes, const std::string& own_error) {
+  if (!own_error.empty()) return own_error;
+  for (size_t r = 0; r < modes.size(); ++r) {
+    if (modes[r] == kInvalidWaitMode) {
+      return fmt::format("[ddp rank {}] creating the MPI process group: rank {} rejected its DDP_MPI_WAIT or "
+                         "DDP_MPI_WAIT_SLEEP_US (its own error says which). Set a valid, identical DDP_MPI_WAIT on "
+                         "every rank (mpirun -x DDP_MPI_WAIT=...).",
+                         rank, r);
+    }
+  }
+  if (std::all_of(modes.begin(), modes.end(), [&](int m) { return m == modes.front(); })) return {};
+  std::string per_rank;
+  for (size_t r = 0; r < modes.size(); ++r) {
+    per_rank += fmt::format("{}rank {}: {}", r == 0 ? "" : ", ", r, wait_mode_name(modes[r]));
+  }
+  return fmt::format("[ddp rank {}] creating the MPI process group: the ranks chose different DDP_MPI_WAIT modes "
+                     "({}), whose MPI calls do not match. Set the same DDP_MPI_WAIT on every rank (mpirun -x "
+                     "DDP_MPI_WAIT=...), or unset it everywhere.",
+                     rank, per_rank);
+}
+
 std::string describe(const char* op, const at::Tensor& t) {
   return fmt::format("{} of {} x {} ({:.2f} MiB)", op, t.numel(), c10::toString(t.scalar_type()),
                      static_cast<double>(t.nbytes()) / (1 << 20));
@@ -29,15 +65,32 @@ std::string describe(const char* op, const at::Tensor& t) {
 
 ProcessGroupMPI::ProcessGroupMPI() {
   auto& runtime = MpiRuntime::instance();
-  comm_ = runtime.call([] {
+  rank_ = runtime.world_rank();
+  size_ = runtime.world_size();
+  // The wait mode decides which MPI calls a collective makes (blocking, nonblocking, or
+  // the ring's point-to-point messages), and those of different modes never match: a
+  // rank with another DDP_MPI_WAIT, or with a value it rejects, would leave its peers
+  // waiting. So every rank's choice is gathered with the communicator's creation, and
+  // every rank raises the same error when they are not all valid and equal.
+  std::string own_error;
+  try {
+    wait_ = WaitPolicy::from_env(rank_);
+  } catch (const InvalidArgumentError& e) {
+    own_error = e.what();
+  }
+  const int own_mode = own_error.empty() ? static_cast<int>(wait_.mode) : kInvalidWaitMode;
+  std::vector<int> modes(static_cast<size_t>(size_));
+  comm_ = runtime.call([own_mode, &modes] {
     MPI_Comm comm = MPI_COMM_NULL;
     DDP_CHECK_MPI(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
     DDP_CHECK_MPI(MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN));
+    DDP_CHECK_MPI(MPI_Allgather(&own_mode, 1, MPI_INT, modes.data(), 1, MPI_INT, comm));
     return comm;
   });
-  rank_ = runtime.world_rank();
-  size_ = runtime.world_size();
-  wait_ = WaitPolicy::from_env(rank_);
+  if (std::string error = check_wait_modes(rank_, modes, own_error); !error.empty()) {
+    runtime.call([comm = comm_]() mutable { MPI_Comm_free(&comm); });
+    throw InvalidArgumentError(error);
+  }
   ring_ = std::make_shared<RingAllreduce>(comm_, rank_, size_);
   detail::log(detail::LogLevel::kDebug, rank_, "MPI waits: {}", wait_.describe());
 }

@@ -24,7 +24,7 @@ WaitPolicy WaitPolicy::from_env(int rank) {
     } else {
       throw InvalidArgumentError(fmt::format(
           "[ddp rank {}] DDP_MPI_WAIT=\"{}\": expected spin (the default: blocking MPI calls, which poll until the "
-          "collective ends) or sleep (test, then sleep between tests). Set the same value on every rank.",
+          "collective ends) or sleep (test, then sleep between tests), the same on every rank.",
           rank, value));
     }
   }
