@@ -127,6 +127,22 @@ std::string describe_item(const Decoded& d) {
                                   "found", pg.rank()));
 }
 
+// Some ranks' own set-up failed: each of them throws its own error, the others the first
+// failed rank's, so that every rank stops at once.
+[[noreturn]] void throw_set_up_failures(ProcessGroup& pg, const std::vector<int>& failed,
+                                        const std::vector<std::string>& texts, const std::string& local_error) {
+  std::string ranks;
+  for (int r : failed) ranks += fmt::format("{}{}", ranks.empty() ? "" : ",", r);
+  if (!local_error.empty()) {
+    if (failed.size() == 1) throw InvalidArgumentError(local_error);
+    throw InvalidArgumentError(fmt::format("{} (rank(s) {} failed to set up their reducer)", local_error, ranks));
+  }
+  throw InvalidArgumentError(fmt::format(
+      "[ddp rank {}] rank(s) {} could not set up the reducer, so every rank stops here instead of waiting for it: "
+      "{}",
+      pg.rank(), ranks, texts[static_cast<size_t>(failed.front())]));
+}
+
 } // namespace
 
 std::string describe_tensor(const at::Tensor& t, bool frozen) {
@@ -136,31 +152,47 @@ std::string describe_tensor(const at::Tensor& t, bool frozen) {
   return out.str();
 }
 
-void verify_consistent(ProcessGroup& process_group, const std::vector<ConsistencyItem>& items) {
+void verify_consistent(ProcessGroup& process_group, const std::vector<ConsistencyItem>& items,
+                       const std::string& local_error) {
   const int world = process_group.size();
-  if (world == 1) return;
-  const std::string text = encode(items);
+  if (world == 1) {
+    if (!local_error.empty()) throw InvalidArgumentError(local_error);
+    return;
+  }
+  const std::string text = local_error.empty() ? encode(items) : local_error;
   // The common case costs one collective: a fixed-size summary of the whole list.
-  at::Tensor summary = at::empty({3}, at::kLong);
+  constexpr int64_t kFields = 4;
+  at::Tensor summary = at::empty({kFields}, at::kLong);
   auto* s = summary.data_ptr<int64_t>();
   s[0] = static_cast<int64_t>(items.size());
   s[1] = static_cast<int64_t>(fnv1a(text) >> 1);
   s[2] = static_cast<int64_t>(text.size());
+  s[3] = local_error.empty() ? 0 : 1;
   summary = summary.to(process_group.device());
   std::vector<at::Tensor> summaries;
-  for (int r = 0; r < world; ++r) summaries.push_back(at::empty({3}, summary.options()));
+  for (int r = 0; r < world; ++r) summaries.push_back(at::empty({kFields}, summary.options()));
   process_group.allgather(summaries, summary)->wait(process_group.timeout());
   at::Tensor all = at::stack(summaries).cpu();
   const auto* a = all.data_ptr<int64_t>();
   bool same = true;
+  bool any_error = false;
   int64_t max_len = 0;
   for (int r = 0; r < world; ++r) {
-    same = same && std::equal(a + 3 * r, a + 3 * r + 3, a);
-    max_len = std::max(max_len, a[3 * r + 2]);
+    same = same && std::equal(a + kFields * r, a + kFields * r + kFields, a);
+    any_error = any_error || a[kFields * r + 3] != 0;
+    max_len = std::max(max_len, a[kFields * r + 2]);
   }
-  if (same) return;
+  if (same && !any_error) return;
+  const std::vector<std::string> texts = gather_texts(process_group, text, max_len + 1);
+  if (any_error) {
+    std::vector<int> failed;
+    for (int r = 0; r < world; ++r) {
+      if (a[kFields * r + 3] != 0) failed.push_back(r);
+    }
+    throw_set_up_failures(process_group, failed, texts, local_error);
+  }
   std::vector<std::vector<Decoded>> per_rank;
-  for (const auto& t : gather_texts(process_group, text, max_len + 1)) per_rank.push_back(decode(t));
+  for (const auto& t : texts) per_rank.push_back(decode(t));
   throw_first_difference(process_group, per_rank);
 }
 

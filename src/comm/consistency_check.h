@@ -27,6 +27,10 @@ std::string describe_tensor(const at::Tensor& tensor, bool frozen = false);
 
 // Collective: every rank must call it with its own list at the same point. Returns on
 // agreement, throws ModelMismatchError (the same message on every rank) otherwise.
-void verify_consistent(ProcessGroup& process_group, const std::vector<ConsistencyItem>& items);
+// `local_error`: this rank's own set-up failed (its message); it travels in the same
+// exchange, so every rank throws InvalidArgumentError at once naming the failed rank(s)
+// and their message, instead of the peers waiting for the timeout.
+void verify_consistent(ProcessGroup& process_group, const std::vector<ConsistencyItem>& items,
+                       const std::string& local_error = std::string());
 
 } // namespace ddp::detail

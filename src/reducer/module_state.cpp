@@ -100,20 +100,20 @@ void check_module_parameters(Reducer& reducer, const torch::nn::Module& module) 
   // frozen. Anything else takes the full check, which names what changed.
   const auto start = std::chrono::steady_clock::now();
   Reducer::Impl& impl = *reducer.impl_;
-  bool unchanged = !impl.module_layout.empty();
-  for (size_t i = 0; unchanged && i < impl.module_frozen.size(); ++i) {
-    unchanged = !impl.module_frozen[i].requires_grad(); // unfrozen after wrapping
+  bool unchanged = !impl.module_watch.layout.empty();
+  for (size_t i = 0; unchanged && i < impl.module_watch.frozen.size(); ++i) {
+    unchanged = !impl.module_watch.frozen[i].requires_grad(); // unfrozen after wrapping
   }
-  if (unchanged && impl.full_check_this_forward) {
+  if (unchanged && impl.module_watch.full_check_this_forward) {
     size_t seen = 0;
-    unchanged = same_layout(module, impl.module_layout, seen) && seen == impl.module_layout.size();
+    unchanged = same_layout(module, impl.module_watch.layout, seen) && seen == impl.module_watch.layout.size();
   }
   if (!unchanged) {
     unchanged = all_trainable_managed(reducer, module);
     if (unchanged) {
-      impl.module_layout.clear();
-      impl.module_frozen.clear();
-      record_layout(module, impl.module_layout, impl.module_frozen);
+      impl.module_watch.layout.clear();
+      impl.module_watch.frozen.clear();
+      record_layout(module, impl.module_watch.layout, impl.module_watch.frozen);
     }
   }
   reducer.impl_->stats.step_check_ns +=
@@ -136,7 +136,7 @@ void check_module_parameters(Reducer& reducer, const torch::nn::Module& module) 
 
 void watch_module(Reducer& reducer, std::weak_ptr<torch::nn::Module> module) {
   Reducer* target = &reducer;
-  reducer.impl_->module_check = [target, module = std::move(module)] {
+  reducer.impl_->module_watch.check = [target, module = std::move(module)] {
     if (auto m = module.lock()) check_module_parameters(*target, *m);
   };
 }

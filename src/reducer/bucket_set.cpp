@@ -1,0 +1,227 @@
+#include "reducer/bucket_set.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/StringUtil.h>
+#include <fmt/format.h>
+
+#include "bucket/bucket_assignment.h"
+#include "bucket/slot_copy.h"
+#include "common/logging.h"
+
+namespace ddp::detail {
+namespace {
+
+size_t mib_to_bytes(double mib) {
+  return static_cast<size_t>(mib * 1024.0 * 1024.0);
+}
+
+} // namespace
+
+BucketSet::BucketSet(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
+                     const std::vector<std::vector<int64_t>>& shapes, const Options& options, int rank,
+                     int world_size, ReducerStats& stats)
+    : parameters_(parameters),
+      names_(names),
+      shapes_(shapes),
+      options_(options),
+      rank_(rank),
+      world_size_(world_size),
+      stats_(stats),
+      scale_(at::scalar_tensor(1.0 / world_size, at::TensorOptions().dtype(at::kDouble))),
+      scale_value_(1.0 / world_size) {}
+
+size_t BucketSet::in_place_min_bytes() const {
+  if (options_.gradient_as_bucket_view) return 0; // .grad is the bucket already
+  if (options_.in_place_min_mb < 0) {
+    return parameters_.front().device().is_cpu() ? mib_to_bytes(1.0) : 0;
+  }
+  return mib_to_bytes(options_.in_place_min_mb);
+}
+
+void BucketSet::build(const std::vector<size_t>& order) {
+  auto assignment = assign_buckets(
+      parameters_, order,
+      {mib_to_bytes(options_.first_bucket_cap_mb), mib_to_bytes(options_.bucket_cap_mb), in_place_min_bytes()});
+  std::vector<std::unique_ptr<Bucket>> buckets;
+  std::vector<Slot> slots(parameters_.size());
+  int64_t bytes = 0;
+  for (size_t b = 0; b < assignment.size(); ++b) {
+    for (size_t k = 0; k < assignment[b].size(); ++k) slots[assignment[b][k]] = Slot{b, k};
+    buckets.push_back(std::make_unique<Bucket>(std::move(assignment[b]), parameters_));
+    bytes += static_cast<int64_t>(buckets.back()->bytes());
+  }
+  if (options_.gradient_as_bucket_view && !buckets_.empty()) {
+    for (size_t i = 0; i < parameters_.size(); ++i) {
+      at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
+      const Slot& old_slot = slots_[i];
+      if (grad.defined() && grad.is_alias_of(buckets_[old_slot.bucket]->flat())) {
+        const at::Tensor& view = buckets[slots[i].bucket]->view(slots[i].position);
+        view.copy_(grad);
+        grad = view;
+      }
+    }
+  }
+  buckets_ = std::move(buckets);
+  slots_ = std::move(slots);
+  bucket_names_.clear();
+  bucket_shapes_.clear();
+  for (const auto& bucket : buckets_) {
+    auto bucket_names = std::make_shared<std::vector<std::string>>();
+    auto shapes = std::make_shared<std::vector<std::vector<int64_t>>>();
+    for (size_t index : bucket->members()) {
+      bucket_names->push_back(names_[index]);
+      shapes->push_back(shapes_[index]);
+    }
+    bucket_names_.push_back(std::move(bucket_names));
+    bucket_shapes_.push_back(std::move(shapes));
+  }
+  next_ = 0;
+  stats_.buckets = static_cast<int64_t>(buckets_.size());
+  stats_.bytes_per_iteration = bytes;
+  if (debug_level() >= DebugLevel::kInfo && rank_ == 0) {
+    std::string layout;
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      layout += fmt::format("\n  bucket {} ({:.2f} MiB): {}", b, buckets_[b]->bytes() / 1048576.0, members_text(b));
+    }
+    log(LogLevel::kInfo, rank_, "bucket layout{}:{}", rebuilt_ ? " after rebuild" : "", layout);
+  }
+}
+
+void BucketSet::rebuild_if_due() {
+  // Local: rank 0's order arrived in the first iteration's section (finalize), so every
+  // rank builds the same buckets here without a collective of its own.
+  if (rebuilt_ || rebuild_order_.empty()) return;
+  rebuilt_ = true;
+  stats_.bucket_rebuilds += 1;
+  build(rebuild_order_);
+}
+
+const std::vector<size_t>& BucketSet::complete_order() {
+  const size_t n = parameters_.size();
+  std::vector<char> seen(n, 0);
+  for (size_t i : ready_order_) seen[i] = 1;
+  for (size_t i = n; i-- > 0;) {
+    if (!seen[i]) ready_order_.push_back(i);
+  }
+  return ready_order_;
+}
+
+std::string BucketSet::members_text(size_t b) const {
+  std::string out;
+  const auto& members = buckets_[b]->members();
+  for (size_t k = 0; k < members.size(); ++k) {
+    if (k) out += ", ";
+    out += names_[members[k]];
+  }
+  return out;
+}
+
+std::optional<std::string> BucketSet::copy_gradient(size_t index) {
+  const at::Tensor& grad = parameters_[index].grad();
+  const at::Tensor& slot_view = view(index);
+  if (!grad.defined()) {
+    slot_view.zero_();
+    return std::nullopt;
+  }
+  if (grad.is_sparse() || grad.scalar_type() != slot_view.scalar_type() || grad.device() != slot_view.device() ||
+      grad.sizes() != slot_view.sizes()) {
+    slot_view.zero_();
+    return fmt::format(
+        "{} parameter '{}' got a gradient of {} {} on {} but the parameter is {} {} on {}; libddp reduces dense "
+        "gradients of the parameter's own shape, dtype and device",
+        fmt::format("[ddp rank {}]", rank_), names_[index], grad.is_sparse() ? "sparse" : "dense", c10::toString(grad.scalar_type()),
+        grad.device().str(), c10::toString(slot_view.scalar_type()), c10::str(slot_view.sizes()),
+        slot_view.device().str());
+  }
+  Bucket& bucket = *buckets_[slots_[index].bucket];
+  const size_t in_place_min = in_place_min_bytes();
+  if (bucket.members().size() == 1 && bucket.bytes() >= in_place_min && in_place_min > 0 && grad.is_contiguous() &&
+      !grad.requires_grad() && !grad.is_alias_of(slot_view)) {
+    // Reduce the gradient where it is: no copy in now, no copy back in finalize.
+    at::Tensor& owned = const_cast<at::Tensor&>(grad);
+    if (world_size_ > 1) owned.mul_(scale_);
+    bucket.set_in_place(owned);
+    return std::nullopt;
+  }
+  if (options_.gradient_as_bucket_view && grad.is_alias_of(slot_view)) {
+    if (world_size_ > 1) slot_view.mul_(scale_);
+  } else {
+    // Copy and pre-divide in one pass.
+    copy_scaled(slot_view, grad, scale_value_, scale_);
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> BucketSet::fill_without_hook(size_t index, bool used_locally) {
+  std::optional<std::string> error;
+  if (used_locally && parameters_[index].grad().defined()) {
+    error = copy_gradient(index); // accumulated under no_sync() in an earlier micro-step
+  } else {
+    const_cast<at::Tensor&>(view(index)).zero_();
+  }
+  mark_ready(index);
+  return error;
+}
+
+void BucketSet::launch_ready(const std::function<void(size_t)>& launch) {
+  while (next_ready()) {
+    launch(next_);
+    stats_.collectives += 1;
+    ++next_;
+  }
+}
+
+void BucketSet::launch_rest(const std::function<void(size_t)>& launch) {
+  for (; next_ < buckets_.size(); ++next_) {
+    buckets_[next_]->set_in_place(at::Tensor()); // never reduce garbage into a user's .grad
+    launch(next_);
+    stats_.collectives += 1;
+  }
+}
+
+void BucketSet::write_back(const std::vector<int64_t>& used_by, bool all_used) {
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    if (!all_used && used_by[i] == 0) continue;
+    const Slot& s = slots_[i];
+    if (buckets_[s.bucket]->in_place()) continue; // .grad holds the average already
+    const at::Tensor& slot_view = buckets_[s.bucket]->view(s.position);
+    at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
+    if (options_.gradient_as_bucket_view) {
+      if (!grad.defined() || !grad.is_alias_of(slot_view)) grad = slot_view;
+    } else if (grad.defined()) {
+      copy_scaled(grad, slot_view, 1.0);
+    } else {
+      grad = slot_view.clone();
+    }
+  }
+}
+
+void BucketSet::set_divisor(int divisor) {
+  const double value = 1.0 / divisor;
+  if (value == scale_value_) return;
+  scale_value_ = value;
+  scale_.fill_(value);
+}
+
+void BucketSet::reset() {
+  for (auto& b : buckets_) b->reset();
+  next_ = 0;
+}
+
+std::vector<std::vector<std::string>> BucketSet::layout() const {
+  std::vector<std::vector<std::string>> out;
+  for (const auto& b : buckets_) {
+    std::vector<std::string> members;
+    for (size_t i : b->members()) members.push_back(names_[i]);
+    out.push_back(std::move(members));
+  }
+  return out;
+}
+
+std::vector<int64_t> BucketSet::bytes() const {
+  std::vector<int64_t> out;
+  for (const auto& b : buckets_) out.push_back(static_cast<int64_t>(b->bytes()));
+  return out;
+}
+
+} // namespace ddp::detail

@@ -1,0 +1,123 @@
+// BucketSet: the reducer's buckets and where each parameter's gradient goes. It owns the
+// buckets (flat buffers with one slot per parameter), the slot of every parameter, the
+// launch cursor (buckets launch strictly in bucket order, so every rank issues the same
+// collectives in the same order), the pre-division of the gradients (1 / the number of
+// ranks averaged over), the first iteration's ready order and the one rebuild from rank
+// 0's order, and the write-back of the averages into .grad.
+//
+// Owned by Reducer::Impl and touched only under its mutex, except the buckets' works and
+// tensors, which finalize waits for and reads without it (no hook fires then).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ddp/options.h>
+#include <ddp/reducer_stats.h>
+
+#include "bucket/bucket.h"
+
+namespace ddp::detail {
+
+class BucketSet {
+ public:
+  struct Slot {
+    size_t bucket;
+    size_t position; // within the bucket
+  };
+
+  // `parameters`, `names`, `shapes`: the reducer's, which outlive this set.
+  BucketSet(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
+            const std::vector<std::vector<int64_t>>& shapes, const Options& options, int rank, int world_size,
+            ReducerStats& stats);
+
+  // Lays the buckets out for a gradient-ready `order` (parameter indices). With
+  // gradient_as_bucket_view, gradients that alias the old buckets move into the new ones.
+  void build(const std::vector<size_t>& order);
+  // Rebuilds once, locally, from rank 0's order (set_rebuild_order) when it has arrived.
+  void rebuild_if_due();
+  void set_rebuild_order(std::vector<size_t> order) { rebuild_order_ = std::move(order); }
+
+  // The first iteration's ready order: record_ready as gradients arrive; complete_order
+  // appends the parameters that never fired, in reverse registration order.
+  void record_ready(size_t index) { ready_order_.push_back(index); }
+  const std::vector<size_t>& complete_order();
+
+  size_t size() const { return buckets_.size(); }
+  Bucket& bucket(size_t b) { return *buckets_[b]; }
+  const Bucket& bucket(size_t b) const { return *buckets_[b]; }
+  const Slot& slot(size_t index) const { return slots_[index]; }
+  // Parameter i's slot, shaped like the parameter.
+  const at::Tensor& view(size_t index) const { return buckets_[slots_[index].bucket]->view(slots_[index].position); }
+  // Per bucket, its parameters' names and shapes (what a communication hook is handed).
+  const std::shared_ptr<const std::vector<std::string>>& names_of_bucket(size_t b) const { return bucket_names_[b]; }
+  const std::shared_ptr<const std::vector<std::vector<int64_t>>>& shapes_of_bucket(size_t b) const {
+    return bucket_shapes_[b];
+  }
+  // "fc2.weight, fc2.bias": bucket b's parameters.
+  std::string members_text(size_t b) const;
+
+  // Copies parameter `index`'s gradient into its slot, divided by the number of ranks
+  // (or keeps it in place: a large one-parameter bucket reduces .grad itself). A gradient
+  // of another dtype, shape or device is not copied: its slot is zeroed and the message
+  // returned (the backward's error).
+  std::optional<std::string> copy_gradient(size_t index);
+  // Fills parameter `index`'s slot without its hook: its accumulated gradient when it was
+  // used under no_sync() (`used_locally`), else zeros; marks the slot ready.
+  std::optional<std::string> fill_without_hook(size_t index, bool used_locally);
+  // Marks parameter `index`'s slot filled; true when that completed its bucket.
+  bool mark_ready(size_t index) { return buckets_[slots_[index].bucket]->mark_slot_ready(); }
+
+  // The next bucket to launch is ready.
+  bool next_ready() const { return next_ < buckets_.size() && buckets_[next_]->ready(); }
+  size_t launched() const { return next_; }
+  // Launches every ready bucket in bucket order through `launch(b)`.
+  void launch_ready(const std::function<void(size_t)>& launch);
+  // Launches every bucket not launched yet, whatever its slots hold, reduced in its
+  // flat buffer (never garbage into a user's .grad): completing an interrupted section.
+  void launch_rest(const std::function<void(size_t)>& launch);
+
+  // Writes the averages into .grad: every parameter when `all_used`, else those some
+  // rank used (used_by > 0); a parameter no rank used keeps its .grad untouched.
+  void write_back(const std::vector<int64_t>& used_by, bool all_used);
+
+  // Sets the pre-division of the gradients to 1 / divisor.
+  void set_divisor(int divisor);
+  // Gradients of at least this size are reduced in place in .grad (0: never).
+  size_t in_place_min_bytes() const;
+
+  // Per-iteration state: every bucket empty, nothing launched.
+  void reset();
+
+  std::vector<std::vector<std::string>> layout() const;
+  std::vector<int64_t> bytes() const;
+
+ private:
+  const std::vector<at::Tensor>& parameters_;
+  const std::vector<std::string>& names_;
+  const std::vector<std::vector<int64_t>>& shapes_;
+  const Options& options_;
+  const int rank_;
+  const int world_size_;
+  ReducerStats& stats_;
+
+  std::vector<std::unique_ptr<Bucket>> buckets_;
+  std::vector<Slot> slots_;
+  std::vector<std::shared_ptr<const std::vector<std::string>>> bucket_names_;
+  std::vector<std::shared_ptr<const std::vector<std::vector<int64_t>>>> bucket_shapes_;
+  size_t next_ = 0; // the next bucket to launch
+  at::Tensor scale_; // 1 / divisor, a 0-dim CPU tensor (no allocation per hook)
+  double scale_value_ = 1.0;
+  std::vector<size_t> ready_order_;   // this rank's, in the first iteration
+  std::vector<size_t> rebuild_order_; // rank 0's, received after the first iteration
+  bool rebuilt_ = false;
+};
+
+} // namespace ddp::detail

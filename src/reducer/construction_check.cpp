@@ -1,0 +1,163 @@
+#include "reducer/construction_check.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <unordered_set>
+
+#include <ddp/error.h>
+
+#include "comm/consistency_check.h"
+#include "common/timeouts.h"
+#include "reducer/parameter_registry.h"
+
+namespace ddp::detail {
+namespace {
+
+const char* step_check_name(Options::StepCheck mode) {
+  switch (mode) {
+    case Options::StepCheck::kAuto: return "auto";
+    case Options::StepCheck::kStrict: return "strict";
+    case Options::StepCheck::kDeferred: return "deferred";
+  }
+  return "?";
+}
+
+// What every rank must agree on before the first collective of the reducer: the options
+// that shape the collective sequence, every parameter (frozen ones are broadcast too) and
+// every buffer.
+std::vector<ConsistencyItem> construction_items(const Options& o, const Reducer::NamedParameters& parameters,
+                                                const Reducer::NamedParameters& buffers) {
+  using Kind = ConsistencyItem::Kind;
+  std::vector<ConsistencyItem> items = {
+      {Kind::kOption, "bucket_cap_mb", fmt::format("{}", o.bucket_cap_mb)},
+      {Kind::kOption, "first_bucket_cap_mb", fmt::format("{}", o.first_bucket_cap_mb)},
+      {Kind::kOption, "in_place_min_mb", fmt::format("{}", o.in_place_min_mb)},
+      {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view ? "true" : "false"},
+      {Kind::kOption, "broadcast_buffers", o.broadcast_buffers ? "true" : "false"},
+      {Kind::kOption, "static_graph", o.static_graph ? "true" : "false"},
+      // Strict and deferred ranks would go on differently after a rank's error.
+      {Kind::kOption, "step_check", step_check_name(o.step_check)},
+  };
+  for (const auto& [name, t] : parameters) {
+    items.push_back({Kind::kParameter, name, t.defined() ? describe_tensor(t, !t.requires_grad()) : "undefined"});
+  }
+  for (const auto& [name, t] : buffers) {
+    items.push_back({Kind::kBuffer, name, t.defined() ? describe_tensor(t) : "undefined"});
+  }
+  return items;
+}
+
+} // namespace
+
+Reducer::NamedParameters ConstructionCheck::trainable(const Reducer::NamedParameters& parameters, int rank) {
+  Reducer::NamedParameters kept;
+  std::unordered_set<const void*> seen_tensors;
+  std::unordered_set<std::string> seen_names;
+  for (const auto& [name, tensor] : parameters) {
+    if (!tensor.defined()) {
+      throw InvalidArgumentError(fmt::format("[ddp rank {}] parameter '{}' is an undefined tensor", rank, name));
+    }
+    if (!tensor.requires_grad()) continue; // frozen: nothing to reduce (but checked across ranks)
+    if (!tensor.is_leaf()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] parameter '{}' is not a leaf tensor (it has a grad_fn), so it has no gradient "
+          "accumulator to hook; pass the parameter itself, not a result computed from it",
+          rank, name));
+    }
+    if (tensor.is_sparse() || tensor.layout() != c10::kStrided) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] parameter '{}' has a non-strided layout; libddp reduces dense parameters only", rank, name));
+    }
+    if (!seen_tensors.insert(tensor.unsafeGetTensorImpl()).second) continue; // shared: reduce once
+    if (!seen_names.insert(name).second) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] two different parameters are named '{}'; names identify parameters in errors and across "
+          "ranks, so they must be unique",
+          rank, name));
+    }
+    if (!kept.empty() && tensor.device() != kept.front().second.device()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] parameter '{}' is on {} but '{}' is on {}; one process drives one device: move the whole "
+          "module to one device (module->to(device)) before wrapping it",
+          rank, name, tensor.device().str(), kept.front().first, kept.front().second.device().str()));
+    }
+    kept.emplace_back(name, tensor);
+  }
+  if (kept.empty()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] no parameter requires grad, so there is nothing to reduce: check that the module has "
+        "parameters and that they are not all frozen (requires_grad=false)",
+        rank));
+  }
+  return kept;
+}
+
+Options ConstructionCheck::resolve(Options options, int rank) {
+  auto bad = [rank](const char* field, double value, const char* rule) {
+    return InvalidArgumentError(
+        fmt::format("[ddp rank {}] Options::{} = {} is invalid: it must be {}", rank, field, value, rule));
+  };
+  if (!(options.bucket_cap_mb > 0)) throw bad("bucket_cap_mb", options.bucket_cap_mb, "> 0 (MiB)");
+  if (!(options.first_bucket_cap_mb > 0)) throw bad("first_bucket_cap_mb", options.first_bucket_cap_mb, "> 0 (MiB)");
+  if (!(options.in_place_min_mb >= 0 || options.in_place_min_mb == -1.0)) {
+    throw bad("in_place_min_mb", options.in_place_min_mb, ">= 0 (MiB), or -1 for the default");
+  }
+  if (options.timeout.count() <= 0) {
+    throw bad("timeout", static_cast<double>(options.timeout.count()), "> 0 milliseconds");
+  }
+  // DDP_TIMEOUT_S replaces the default; a timeout set in the code wins over it. A value
+  // that is not a number of seconds is an error naming the variable, on every path.
+  if (auto env = seconds_from_env("DDP_TIMEOUT_S", rank); env && options.timeout == Options{}.timeout) {
+    options.timeout = *env;
+  }
+  if (const char* s = std::getenv("DDP_TIMELINE")) {
+    if (*s != '\0') options.timeline_path = s;
+  }
+  if (const char* s = std::getenv("DDP_STEP_CHECK"); s != nullptr && *s != '\0') {
+    const std::string mode = s;
+    if (mode == "auto") {
+      options.step_check = Options::StepCheck::kAuto;
+    } else if (mode == "strict") {
+      options.step_check = Options::StepCheck::kStrict;
+    } else if (mode == "deferred") {
+      options.step_check = Options::StepCheck::kDeferred;
+    } else {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] DDP_STEP_CHECK=\"{}\" is not a step-check mode: use auto, strict or deferred "
+          "(docs/semantics.md, \"Ranks in step\"), or unset it",
+          rank, mode));
+    }
+  }
+  return options;
+}
+
+ConstructionCheck::Result ConstructionCheck::run(const Reducer::NamedParameters& parameters,
+                                                 const Reducer::NamedParameters& buffers, ProcessGroup& process_group,
+                                                 Options options) {
+  const int rank = process_group.rank();
+  Result result;
+  std::string error;
+  try {
+    result.trainable = trainable(parameters, rank);
+    result.options = resolve(std::move(options), rank);
+    std::vector<at::Tensor> tensors;
+    std::vector<std::string> names;
+    for (const auto& [name, t] : result.trainable) {
+      names.push_back(name);
+      tensors.push_back(t);
+    }
+    if (auto taken = ParameterRegistry::find_taken(tensors, names, fmt::format("[ddp rank {}]", rank))) {
+      throw InvalidArgumentError(*taken);
+    }
+  } catch (const InvalidArgumentError& e) {
+    error = e.what();
+  }
+  if (process_group.size() == 1 && !error.empty()) throw InvalidArgumentError(error);
+  // One collective: every rank's local result, options, every parameter (frozen too) and
+  // every buffer. A rank with an error sends it instead of its options.
+  verify_consistent(process_group, construction_items(result.options, parameters, buffers), error);
+  return result;
+}
+
+} // namespace ddp::detail
