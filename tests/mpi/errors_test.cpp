@@ -1,6 +1,8 @@
 // Bad input across ranks: every rank gets the same clear error, nobody hangs.
 #include <catch2/catch.hpp>
 
+#include <functional>
+
 #include "world.h"
 
 using Catch::Contains;
@@ -58,6 +60,49 @@ TEST_CASE("parameters without requires_grad are skipped on every rank", "[errors
 
 TEST_CASE("an empty parameter list is an error on every rank", "[errors]") {
   CHECK_THROWS_WITH(ddp::Reducer({}, ddp::test::world_ptr()), Contains("nothing to reduce"));
+}
+
+TEST_CASE("a rank whose own set-up fails is named on every rank at once, not after the timeout", "[errors]") {
+  auto pg = ddp::test::world_ptr();
+  const int r = pg->rank();
+  const std::string tag = "[ddp rank " + std::to_string(r) + "]";
+  // The test timeout (60 s) would turn a peer left waiting into a TimeoutError, which
+  // fails the type check below: the error must come from the construction exchange.
+  struct Case {
+    std::string what;
+    std::function<void(torch::nn::Linear&, ddp::Options&)> break_rank1;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {"every parameter frozen",
+       [](torch::nn::Linear& lin, ddp::Options&) {
+         for (auto& p : lin->parameters()) p.requires_grad_(false);
+       },
+       "no parameter requires grad"},
+      {"an option out of range", [](torch::nn::Linear&, ddp::Options& o) { o.bucket_cap_mb = 0; },
+       "Options::bucket_cap_mb = 0 is invalid"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    torch::nn::Linear lin(3, 2);
+    ddp::Options o = ddp::test::test_options();
+    if (r == 1) c.break_rank1(lin, o);
+    std::string msg;
+    try {
+      ddp::DistributedDataParallel model(lin, pg, o);
+    } catch (const ddp::InvalidArgumentError& e) {
+      msg = e.what();
+    }
+    CAPTURE(msg);
+    CHECK_THAT(msg, Contains(c.expect));
+    CHECK_THAT(msg, Contains("[ddp rank 1]"));
+    if (r != 1) CHECK_THAT(msg, Contains(tag + " rank(s) 1 could not set up the reducer"));
+  }
+  // The group is still usable: every rank left the same exchange.
+  torch::nn::Linear lin(3, 2);
+  ddp::DistributedDataParallel model(lin, pg, ddp::test::test_options());
+  model(torch::ones({2, 3})).sum().backward();
+  CHECK(ddp::test::identical_across_ranks(lin->weight.grad()));
 }
 
 TEST_CASE("a rank late by more than the timeout: a clear TimeoutError, then the next step realigns", "[errors]") {
