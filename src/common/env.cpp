@@ -120,7 +120,7 @@ std::optional<size_t> Env::word(const char* name, const std::vector<std::string_
   for (size_t i = 0; i < words.size(); ++i) {
     if (equal_ignoring_case(*value, words[i])) return i;
   }
-  reject(name, *value, what, fmt::format("{} (in any case){}", one_of(words), note));
+  reject(name, *value, what, fmt::format("{} (in any case{})", one_of(words), note));
 }
 
 // --- timeouts and the reducer's settings ---------------------------------------
@@ -137,7 +137,7 @@ std::optional<Options::StepCheck> Env::step_check() const {
   constexpr Options::StepCheck kModes[] = {Options::StepCheck::kAuto, Options::StepCheck::kStrict,
                                            Options::StepCheck::kDeferred};
   auto index = word("DDP_STEP_CHECK", {"auto", "strict", "deferred"}, "a step-check mode",
-                    " (docs/semantics.md, \"Ranks in step\"), or unset it");
+                    "; docs/semantics.md, \"Ranks in step\"; or unset it");
   if (!index) return std::nullopt;
   return kModes[*index];
 }
@@ -159,11 +159,11 @@ LogSettings Env::log_settings() const {
   constexpr LogLevel kLevels[] = {LogLevel::kError, LogLevel::kWarn, LogLevel::kInfo, LogLevel::kDebug};
   constexpr DebugLevel kDebugLevels[] = {DebugLevel::kOff, DebugLevel::kInfo, DebugLevel::kDetail};
   LogSettings s;
-  if (auto i = word("DDP_LOG_LEVEL", {"ERROR", "WARN", "INFO", "DEBUG"}, "a log level", " (default WARN)")) {
+  if (auto i = word("DDP_LOG_LEVEL", {"ERROR", "WARN", "INFO", "DEBUG"}, "a log level", "; default WARN")) {
     s.level = kLevels[*i];
   }
   if (auto i = word("DDP_DEBUG", {"OFF", "INFO", "DETAIL"}, "a debug level",
-                    " (default OFF; like TORCH_DISTRIBUTED_DEBUG)")) {
+                    "; default OFF; like TORCH_DISTRIBUTED_DEBUG")) {
     s.debug = kDebugLevels[*i];
   }
   // Asking for reducer diagnostics implies printing them.
@@ -177,14 +177,14 @@ CommThreadPriority Env::comm_thread_priority() const {
   constexpr CommThreadPriority kPriorities[] = {CommThreadPriority::kAuto, CommThreadPriority::kLow,
                                                 CommThreadPriority::kNormal};
   auto i = word("DDP_COMM_THREAD_PRIORITY", {"auto", "low", "normal"}, "a thread priority",
-                " (default auto: low when this node's ranks' compute threads fill its cores; docs/threads.md)");
+                "; default auto: low when this node's ranks' compute threads fill its cores; docs/threads.md");
   return i ? kPriorities[*i] : CommThreadPriority::kAuto;
 }
 
 MpiWait Env::mpi_wait() const {
   auto i = word("DDP_MPI_WAIT", {"spin", "sleep"}, "an MPI wait mode",
-                " (spin, the default: blocking MPI calls, which poll until the collective ends; sleep: test, then "
-                "sleep between tests), the same on every rank");
+                "; spin, the default: blocking MPI calls, which poll until the collective ends; sleep: test, then "
+                "sleep between tests; the same on every rank");
   return i && *i == 1 ? MpiWait::kSleep : MpiWait::kSpin;
 }
 

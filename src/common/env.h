@@ -141,7 +141,8 @@ class Env {
   long long parse_integer(const char* name, const std::string& value, long long min, long long max,
                           const std::string& meaning) const;
   // One of `words` (compared in any case); its position in `words`. `what` names the
-  // kind ("a step-check mode"), `note` follows the list of accepted words.
+  // kind ("a step-check mode"); `note` ("; default auto") goes inside the parentheses
+  // after the accepted words: "auto, strict or deferred (in any case; default auto)".
   std::optional<size_t> word(const char* name, const std::vector<std::string_view>& words, const std::string& what,
                              const std::string& note = {}) const;
 
