@@ -4,6 +4,7 @@
 #include <ddp/collectives.h>
 #include <ddp/comm_hook.h>
 #include <ddp/config.h>
+#include <ddp/defaults.h>
 #include <ddp/distributed_data_parallel.h>
 #include <ddp/error.h>
 #include <ddp/hooks.h>

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <string>
 
+#include <ddp/defaults.h>
+
 namespace ddp {
 
 struct Options {
@@ -47,7 +49,7 @@ struct Options {
   StepCheck step_check = StepCheck::kAuto;
   // How long the reducer waits for a collective before it throws ddp::TimeoutError.
   // The environment variable DDP_TIMEOUT_S replaces the default (not a value set here).
-  std::chrono::milliseconds timeout = std::chrono::minutes(10);
+  std::chrono::milliseconds timeout = kDefaultTimeout;
   // Write a Chrome-trace timeline of hooks, buckets and collectives to this path
   // (a ".rank<R>" suffix is added before the extension). DDP_TIMELINE overrides it.
   std::string timeline_path;

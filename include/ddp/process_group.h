@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <ddp/defaults.h>
 #include <ddp/work.h>
 
 namespace ddp {
@@ -52,7 +53,7 @@ class ProcessGroup {
   void set_timeout(std::chrono::milliseconds timeout) { timeout_ = timeout; }
 
  private:
-  std::chrono::milliseconds timeout_ = std::chrono::minutes(10);
+  std::chrono::milliseconds timeout_ = kDefaultTimeout;
 };
 
 } // namespace ddp

@@ -2,14 +2,13 @@
 
 #include <fmt/format.h>
 
-#include <cstdlib>
-
 #include <ddp/config.h>
 #include <ddp/error.h>
 
 #include "comm/rendezvous.h"
 #include "common/check.h"
-#include "common/timeouts.h"
+#include "common/env.h"
+#include "common/logging.h"
 #if DDP_HAVE_MPI
 #include "comm/mpi/factory.h"
 #endif
@@ -75,7 +74,9 @@ std::shared_ptr<ProcessGroup> create(const std::string& backend, std::optional<c
 std::shared_ptr<ProcessGroup> init_process_group(const std::string& backend, std::optional<c10::Device> device) {
   auto group = create(backend, device);
   detail::set_world_rank(group->rank());
-  if (auto timeout = detail::seconds_from_env("DDP_TIMEOUT_S", group->rank())) group->set_timeout(*timeout);
+  // A bad DDP_LOG_LEVEL / DDP_DEBUG fails here, once the rank is known for the message.
+  detail::reload_log_settings(group->rank());
+  if (auto timeout = detail::Env(group->rank()).timeout_override()) group->set_timeout(*timeout);
   return group;
 }
 

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <ddp/defaults.h>
+
 namespace ddp {
 
 // Where and how to rendezvous; RendezvousConfig::from_env() reads it like torchrun does.
@@ -33,12 +35,13 @@ struct RendezvousConfig {
   std::string host;          // kTcp: MASTER_ADDR
   int port = 0;              // kTcp: MASTER_PORT
   std::string path;          // kFile: the shared file
-  std::chrono::milliseconds timeout = std::chrono::minutes(10);
+  std::chrono::milliseconds timeout = kDefaultTimeout;
 
   // Reads DDP_INIT_METHOD, RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and
-  // DDP_TIMEOUT_S (falling back to the MPI launcher's rank variables). Throws
-  // InvalidArgumentError naming the variable that is missing or malformed.
-  // `getenv` is replaceable so tests need not touch the process environment.
+  // DDP_TIMEOUT_S (falling back to the MPI launcher's rank variables), all through
+  // detail::Env (common/env.h). Throws InvalidArgumentError naming the variable that is
+  // missing or malformed. `getenv` is replaceable so tests need not touch the process
+  // environment.
   using EnvLookup = std::function<const char*(const char*)>;
   static RendezvousConfig from_env(const EnvLookup& getenv = nullptr);
 

@@ -1,40 +1,34 @@
 #include "common/logging.h"
 
+#include <atomic>
 #include <cstdio>
-#include <cstdlib>
 #include <mutex>
-#include <string_view>
+
+#include <ddp/error.h>
+
+#include "common/env.h"
 
 namespace ddp::detail {
 namespace {
 
-struct Settings {
-  LogLevel level = LogLevel::kWarn;
-  DebugLevel debug = DebugLevel::kOff;
-};
+// Atomics: the communication threads log while a group's creation reloads them.
+std::atomic<int> g_level{-1};
+std::atomic<int> g_debug{-1};
 
-Settings read_settings() {
-  Settings s;
-  if (const char* v = std::getenv("DDP_LOG_LEVEL")) {
-    std::string_view level(v);
-    if (level == "ERROR") s.level = LogLevel::kError;
-    else if (level == "WARN") s.level = LogLevel::kWarn;
-    else if (level == "INFO") s.level = LogLevel::kInfo;
-    else if (level == "DEBUG") s.level = LogLevel::kDebug;
-  }
-  if (const char* v = std::getenv("DDP_DEBUG")) {
-    std::string_view debug(v);
-    if (debug == "INFO") s.debug = DebugLevel::kInfo;
-    else if (debug == "DETAIL") s.debug = DebugLevel::kDetail;
-  }
-  // Asking for reducer diagnostics implies printing them.
-  if (s.debug != DebugLevel::kOff && s.level < LogLevel::kInfo) s.level = LogLevel::kInfo;
-  return s;
+void install(const LogSettings& s) {
+  g_debug.store(static_cast<int>(s.debug));
+  g_level.store(static_cast<int>(s.level));
 }
 
-Settings& settings() {
-  static Settings s = read_settings();
-  return s;
+// The first read, from wherever the first log line comes: it must not throw, so a bad
+// value means the defaults until reload_log_settings() reports it.
+void ensure_loaded() {
+  if (g_level.load() >= 0) return;
+  try {
+    install(Env().log_settings());
+  } catch (const InvalidArgumentError&) {
+    install(LogSettings{});
+  }
 }
 
 const char* level_name(LogLevel level) {
@@ -49,9 +43,15 @@ const char* level_name(LogLevel level) {
 
 } // namespace
 
-LogLevel log_level() { return settings().level; }
-DebugLevel debug_level() { return settings().debug; }
-void reload_log_settings() { settings() = read_settings(); }
+LogLevel log_level() {
+  ensure_loaded();
+  return static_cast<LogLevel>(g_level.load());
+}
+DebugLevel debug_level() {
+  ensure_loaded();
+  return static_cast<DebugLevel>(g_debug.load());
+}
+void reload_log_settings(int rank) { install(Env(rank).log_settings()); }
 
 void log_line(LogLevel level, int rank, const std::string& message) {
   // One fprintf per line so lines from the comm thread and the trainer do not interleave.

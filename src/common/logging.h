@@ -16,8 +16,11 @@ enum class DebugLevel { kOff = 0, kInfo = 1, kDetail = 2 };
 
 LogLevel log_level();
 DebugLevel debug_level();
-// Re-reads the environment (tests change it at run time).
-void reload_log_settings();
+// Re-reads DDP_LOG_LEVEL and DDP_DEBUG (common/env.h). Throws InvalidArgumentError,
+// naming the variable and `rank`, on a value that is not a level, and then keeps the
+// settings it had. init_process_group calls it once the rank is known, so a bad value
+// fails there; until then (and if nothing calls it) a bad value logs at the defaults.
+void reload_log_settings(int rank = -1);
 
 void log_line(LogLevel level, int rank, const std::string& message);
 

@@ -121,3 +121,28 @@ TEST_CASE("ranks with different DDP_MPI_WAIT modes fail at group creation, all o
     CHECK(at::equal(t, at::full_like(t, world->size())));
   }
 }
+
+// Settings read through detail::Env at init_process_group: a bad value fails there on every
+// rank (each rank has the same environment), naming the rank, the variable and the choices.
+TEST_CASE("init_process_group rejects a bad DDP_LOG_LEVEL and a timeout below 1 ms, naming them", "[pg]") {
+  const int rank = ddp::test::world_ptr()->rank();
+  {
+    ScopedEnv level("DDP_LOG_LEVEL", "LOUD");
+    CHECK_THROWS_WITH(ddp::init_process_group("mpi"),
+                      Catch::Contains(fmt::format("[ddp rank {}] environment variable DDP_LOG_LEVEL=\"LOUD\"", rank)) &&
+                          Catch::Contains("ERROR, WARN, INFO or DEBUG"));
+  }
+  {
+    ScopedEnv timeout("DDP_TIMEOUT_S", "0.0001");
+    CHECK_THROWS_WITH(ddp::init_process_group("mpi"),
+                      Catch::Contains(fmt::format("[ddp rank {}] environment variable DDP_TIMEOUT_S=\"0.0001\"", rank)) &&
+                          Catch::Contains("from 0.001 (1 ms)"));
+  }
+  ScopedEnv level("DDP_LOG_LEVEL", "warn"); // any case
+  ScopedEnv timeout("DDP_TIMEOUT_S", "2.5");
+  auto pg = ddp::init_process_group("mpi");
+  CHECK(pg->timeout() == std::chrono::milliseconds(2500));
+  at::Tensor t = at::ones({5});
+  pg->allreduce(t)->wait(std::chrono::seconds(60));
+  CHECK(at::equal(t, at::full_like(t, pg->size())));
+}

@@ -60,3 +60,22 @@ TEST_CASE("DDP_DEBUG=DETAIL logs the unused set every iteration and the bucket l
   CHECK_THAT(text, Contains("iteration 0: unused on every rank: [spare.weight, spare.bias]"));
   CHECK_THAT(text, Contains("iteration 1: unused on every rank: [spare.weight, spare.bias]"));
 }
+
+TEST_CASE("a bad DDP_LOG_LEVEL or DDP_DEBUG is an error naming it; the settings stay as they were", "[logging]") {
+  ::setenv("DDP_LOG_LEVEL", "debug", 1); // any case
+  ddp::detail::reload_log_settings(4);
+  CHECK(ddp::detail::log_level() == ddp::detail::LogLevel::kDebug);
+  ::setenv("DDP_LOG_LEVEL", "LOUD", 1);
+  CHECK_THROWS_WITH(ddp::detail::reload_log_settings(4),
+                    Contains("[ddp rank 4] environment variable DDP_LOG_LEVEL=\"LOUD\"") &&
+                        Contains("ERROR, WARN, INFO or DEBUG"));
+  CHECK(ddp::detail::log_level() == ddp::detail::LogLevel::kDebug);
+  ::unsetenv("DDP_LOG_LEVEL");
+  ::setenv("DDP_DEBUG", "yes", 1);
+  CHECK_THROWS_WITH(ddp::detail::reload_log_settings(4),
+                    Contains("DDP_DEBUG=\"yes\"") && Contains("OFF, INFO or DETAIL"));
+  ::unsetenv("DDP_DEBUG");
+  ddp::detail::reload_log_settings();
+  CHECK(ddp::detail::log_level() == ddp::detail::LogLevel::kWarn);
+  CHECK(ddp::detail::debug_level() == ddp::detail::DebugLevel::kOff);
+}

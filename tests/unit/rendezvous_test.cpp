@@ -426,3 +426,25 @@ TEST_CASE("Slurm's variables without MASTER_ADDR, and WORLD_SIZE without mpirun 
   CHECK(mpi_error({{"SLURM_NTASKS", "2"}, {"PMIX_RANK", "0"}}).empty());     // srun --mpi=pmix
 #endif
 }
+
+TEST_CASE("DDP_INIT_METHOD: the scheme in any case, the port range-checked, the path as written", "[rendezvous][env]") {
+  auto tcp = RendezvousConfig::from_env(env({{"DDP_INIT_METHOD", "TCP://node7:1234"}, {"RANK", "0"}, {"WORLD_SIZE", "2"}}));
+  CHECK(tcp.method == RendezvousConfig::Method::kTcp);
+  CHECK(tcp.host == "node7");
+  CHECK(tcp.port == 1234);
+  auto file = RendezvousConfig::from_env(env({{"DDP_INIT_METHOD", "File:///Shared/X"}, {"RANK", "1"}, {"WORLD_SIZE", "2"}}));
+  CHECK(file.method == RendezvousConfig::Method::kFile);
+  CHECK(file.path == "/Shared/X");
+  CHECK(RendezvousConfig::from_env(env({{"DDP_INIT_METHOD", "MPI"}})).method == RendezvousConfig::Method::kMpi);
+  for (const char* bad : {"tcp://node7:0", "tcp://node7:65536", "tcp://node7:http", "tcp://node7:12a"}) {
+    CAPTURE(bad);
+    CHECK_THAT(from_env_error({{"DDP_INIT_METHOD", bad}, {"RANK", "0"}, {"WORLD_SIZE", "2"}}),
+               Catch::Contains("environment variable DDP_INIT_METHOD=\"" + std::string(bad) + "\"") &&
+                   Catch::Contains("a port from 1 to 65535"));
+  }
+  CHECK_THAT(from_env_error({{"DDP_INIT_METHOD", "env://x"}}), Catch::Contains("is not known"));
+  // Empty is unset: DDP_INIT_METHOD="" and an empty launcher variable change nothing.
+  CHECK(RendezvousConfig::from_env(env({{"DDP_INIT_METHOD", ""}, {"OMPI_COMM_WORLD_SIZE", ""}})).method ==
+        RendezvousConfig::Method::kSingle);
+  CHECK_THAT(from_env_error({{"SLURM_NTASKS", "lots"}}), Catch::Contains("SLURM_NTASKS=\"lots\""));
+}

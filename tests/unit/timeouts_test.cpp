@@ -7,21 +7,23 @@
 
 #include <ddp/ddp.h>
 
+#include "common/env.h"
 #include "common/timeouts.h"
 #include "loopback_process_group.h"
 
 using Catch::Contains;
 using std::chrono::milliseconds;
 
-TEST_CASE("DDP_TIMEOUT_S accepts a positive number of seconds, rounded up to whole milliseconds", "[timeouts]") {
+TEST_CASE("DDP_TIMEOUT_S accepts a number of seconds from 1 ms, rounded to whole milliseconds", "[timeouts]") {
   CHECK(ddp::detail::parse_seconds("DDP_TIMEOUT_S", "5", 0) == milliseconds(5000));
   CHECK(ddp::detail::parse_seconds("DDP_TIMEOUT_S", "2.5", 0) == milliseconds(2500));
-  CHECK(ddp::detail::parse_seconds("DDP_TIMEOUT_S", "0.0001", 0) == milliseconds(1)); // not 0 ms
+  CHECK(ddp::detail::parse_seconds("DDP_TIMEOUT_S", "0.001", 0) == milliseconds(1));
   CHECK(ddp::detail::parse_seconds("DDP_TIMEOUT_S", "1e3", 0) == milliseconds(1000000));
 }
 
 TEST_CASE("a bad DDP_TIMEOUT_S is an error naming the variable and the value", "[timeouts]") {
-  for (const char* bad : {"5abc", "nan", "inf", "-inf", "1e300", "0", "-1", "", " ", "abc", "5 s"}) {
+  // Below 1 ms cannot be honoured: an error, not 1 ms on one rank and 0 on another.
+  for (const char* bad : {"5abc", "nan", "inf", "-inf", "1e300", "0", "-1", "", " ", "abc", "5 s", "0.0001"}) {
     CAPTURE(bad);
     CHECK_THROWS_AS(ddp::detail::parse_seconds("DDP_TIMEOUT_S", bad, 3), ddp::InvalidArgumentError);
     CHECK_THROWS_WITH(ddp::detail::parse_seconds("DDP_TIMEOUT_S", bad, 3),
@@ -51,6 +53,9 @@ TEST_CASE("the reducer reads DDP_TIMEOUT_S strictly too", "[timeouts]") {
   ::setenv("DDP_TIMEOUT_S", "5abc", 1);
   CHECK_THROWS_WITH(ddp::DistributedDataParallel(lin, pg), Contains("DDP_TIMEOUT_S=\"5abc\""));
   ::setenv("DDP_TIMEOUT_S", "0.0001", 1);
+  CHECK_THROWS_WITH(ddp::DistributedDataParallel(lin, pg),
+                    Contains("DDP_TIMEOUT_S=\"0.0001\"") && Contains("from 0.001 (1 ms)"));
+  ::setenv("DDP_TIMEOUT_S", "0.001", 1);
   {
     ddp::DistributedDataParallel model(lin, pg);
     CHECK(model.reducer().options().timeout == milliseconds(1));

@@ -10,7 +10,4 @@ namespace ddp::mpi {
 // A process group over all ranks of the MPI job (MPI_COMM_WORLD). Starts MPI on first use.
 std::shared_ptr<ProcessGroup> create();
 
-// True when this process was started by an MPI launcher (mpirun, srun with PMI).
-bool launched_by_mpi();
-
 } // namespace ddp::mpi

@@ -10,13 +10,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
 #include <string>
 #include <thread>
 
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_types.h"
 #include "common/check.h"
+#include "common/env.h"
 #include "common/logging.h"
 #include "common/timeouts.h"
 
@@ -36,12 +36,6 @@ const char* thread_level_name(int level) {
   return "unknown";
 }
 
-// DDP_COMM_THREAD_PRIORITY=auto|low|normal. "low" (SCHED_IDLE) lets the communication
-// thread run only on a core the compute threads leave free. Where this node's ranks
-// already fill every core, overlapping communication with the backward pass cannot gain
-// time and only adds contention (measured in docs/performance.md); where a core is free,
-// the collectives still overlap. "auto" (default) picks low when the node's ranks times
-// the intra-op threads of this one reach the cores this process may use.
 int usable_cores() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -49,28 +43,20 @@ int usable_cores() {
   return static_cast<int>(std::thread::hardware_concurrency());
 }
 
-int local_ranks() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"}) {
-    if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
-  }
-  return 1;
-}
+} // namespace
 
-void apply_thread_priority(int rank) {
-  const char* env = std::getenv("DDP_COMM_THREAD_PRIORITY");
-  const std::string setting = env != nullptr ? env : "auto";
-  bool low = false;
-  if (setting == "low") {
-    low = true;
-  } else if (setting == "auto") {
-    low = local_ranks() * at::get_num_threads() >= usable_cores();
-  } else if (setting != "normal") {
-    detail::log(detail::LogLevel::kWarn, rank, "DDP_COMM_THREAD_PRIORITY=\"{}\" is not auto, low or normal; using auto",
-                setting);
-    low = local_ranks() * at::get_num_threads() >= usable_cores();
-  }
+// DDP_COMM_THREAD_PRIORITY=auto|low|normal. "low" (SCHED_IDLE) lets the communication
+// thread run only on a core the compute threads leave free. Where this node's ranks
+// already fill every core, overlapping communication with the backward pass cannot gain
+// time and only adds contention (measured in docs/performance.md); where a core is free,
+// the collectives still overlap. "auto" (default) picks low when the node's ranks times
+// the intra-op threads of this one reach the cores this process may use.
+void MpiRuntime::apply_thread_priority() {
+  const int rank = world_rank_;
+  bool low = priority_ == detail::CommThreadPriority::kLow;
+  if (priority_ == detail::CommThreadPriority::kAuto) low = local_ranks_ * at::get_num_threads() >= usable_cores();
   detail::log(detail::LogLevel::kInfo, rank, "MPI communication thread priority: {} ({} ranks on this node, {} "
-              "compute threads each, {} usable cores)", low ? "low (SCHED_IDLE)" : "normal", local_ranks(),
+              "compute threads each, {} usable cores)", low ? "low (SCHED_IDLE)" : "normal", local_ranks_,
               at::get_num_threads(), usable_cores());
   if (!low) return;
   sched_param param{};
@@ -80,8 +66,6 @@ void apply_thread_priority(int rank) {
   }
 }
 
-} // namespace
-
 MpiRuntime& MpiRuntime::instance() {
   // Destroyed at exit so that MPI_Finalize runs; constructed on first use, after
   // LibTorch's own statics, so it is destroyed before them.
@@ -90,6 +74,12 @@ MpiRuntime& MpiRuntime::instance() {
 }
 
 MpiRuntime::MpiRuntime() {
+  // The settings are read before MPI starts, so that a bad value fails without leaving
+  // MPI initialised (the rank is not known yet: the message says "rank ?").
+  const detail::Env env;
+  priority_ = env.comm_thread_priority();
+  if (const auto local = env.local_world_size()) local_ranks_ = local->value;
+  exit_timeout_ = env.exit_timeout();
   std::promise<void> started;
   auto ready = started.get_future();
   thread_ = std::thread([this, &started] { loop(started); });
@@ -131,7 +121,7 @@ void MpiRuntime::start_mpi() {
 void MpiRuntime::loop(std::promise<void>& started) {
   try {
     start_mpi();
-    apply_thread_priority(world_rank_);
+    apply_thread_priority();
     started.set_value();
   } catch (...) {
     started.set_exception(std::current_exception());
@@ -189,13 +179,8 @@ MpiRuntime::~MpiRuntime() {
   // gets there (a peer saving a checkpoint is not killed). A dead peer ends the job through
   // mpirun. Only two things abort from here: a collective that a wait already gave up on
   // (its peers are gone or out of step, so it can never complete), and the explicit
-  // DDP_EXIT_TIMEOUT_S bound.
-  std::optional<std::chrono::milliseconds> exit_timeout;
-  try {
-    exit_timeout = detail::seconds_from_env("DDP_EXIT_TIMEOUT_S", world_rank_);
-  } catch (const std::exception& e) {
-    detail::log_line(detail::LogLevel::kError, world_rank_, fmt::format("{} (ignored: exit waits without bound)", e.what()));
-  }
+  // DDP_EXIT_TIMEOUT_S bound (read, and rejected when malformed, at start-up).
+  const std::optional<std::chrono::milliseconds> exit_timeout = exit_timeout_;
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = exit_timeout ? detail::deadline_after(*exit_timeout) : std::chrono::steady_clock::time_point::max();
   bool noticed = false;

@@ -8,16 +8,20 @@
 #include <mpi.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include <ddp/work.h>
+
+#include "common/env.h"
 
 namespace ddp::mpi {
 
@@ -48,6 +52,7 @@ class MpiRuntime {
   void push(std::function<void()> fn);
   void loop(std::promise<void>& started);
   void start_mpi();
+  void apply_thread_priority();
 
   std::thread thread_;
   std::mutex mutex_;
@@ -71,6 +76,10 @@ class MpiRuntime {
   bool owns_mpi_ = false;
   int world_rank_ = 0;
   int world_size_ = 1;
+  // From the environment, read once by the constructor (common/env.h).
+  detail::CommThreadPriority priority_ = detail::CommThreadPriority::kAuto;
+  int local_ranks_ = 1;                                // ranks on this node
+  std::optional<std::chrono::milliseconds> exit_timeout_; // DDP_EXIT_TIMEOUT_S; unset: no bound
 };
 
 } // namespace ddp::mpi

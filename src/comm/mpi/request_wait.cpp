@@ -3,43 +3,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdlib>
 #include <thread>
-
-#include <ddp/error.h>
 
 #include "comm/mpi/mpi_check.h"
 
 namespace ddp::mpi {
 
 WaitPolicy WaitPolicy::from_env(int rank) {
+  const detail::Env env(rank);
   WaitPolicy policy;
-  if (const char* mode = std::getenv("DDP_MPI_WAIT"); mode != nullptr && *mode != '\0') {
-    const std::string value = mode;
-    if (value == "spin") {
-      policy.mode = WaitMode::kSpin;
-    } else if (value == "sleep") {
-      policy.mode = WaitMode::kSleep;
-    } else {
-      throw InvalidArgumentError(fmt::format(
-          "[ddp rank {}] DDP_MPI_WAIT=\"{}\": expected spin (the default: blocking MPI calls, which poll until the "
-          "collective ends) or sleep (test, then sleep between tests), the same on every rank.",
-          rank, value));
-    }
-  }
-  if (const char* us = std::getenv("DDP_MPI_WAIT_SLEEP_US"); us != nullptr && *us != '\0') {
-    char* end = nullptr;
-    errno = 0;
-    const long value = std::strtol(us, &end, 10);
-    if (errno != 0 || end == us || *end != '\0' || value < 1 || value > 100000) {
-      throw InvalidArgumentError(fmt::format(
-          "[ddp rank {}] DDP_MPI_WAIT_SLEEP_US=\"{}\": expected a whole number of microseconds from 1 to 100000 "
-          "(the longest sleep between two progress calls; default {})",
-          rank, us, policy.max_sleep.count()));
-    }
-    policy.max_sleep = std::chrono::microseconds(value);
-  }
+  policy.mode = env.mpi_wait();
+  if (const auto sleep = env.mpi_wait_sleep()) policy.max_sleep = *sleep;
   return policy;
 }
 

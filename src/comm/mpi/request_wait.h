@@ -14,13 +14,15 @@
 #include <chrono>
 #include <string>
 
+#include "common/env.h"
+
 namespace ddp::mpi {
 
-enum class WaitMode {
-  kSpin,  // blocking MPI collectives: lowest latency; hold a core until completion.
-  kSleep, // nonblocking operations tested in a loop: spinning for a few microseconds,
-          // then sleeping between tests; large all-reduces go through RingAllreduce.
-};
+// kSpin: blocking MPI collectives: lowest latency; hold a core until completion.
+// kSleep: nonblocking operations tested in a loop: spinning for a few microseconds,
+// then sleeping between tests; large all-reduces go through RingAllreduce.
+// (The enum is common/env.h's, which reads DDP_MPI_WAIT.)
+using WaitMode = detail::MpiWait;
 
 struct WaitPolicy {
   WaitMode mode = WaitMode::kSpin;
@@ -28,7 +30,7 @@ struct WaitPolicy {
   std::chrono::microseconds max_sleep{100}; // the sleep doubles from 1 us up to this
 
   // DDP_MPI_WAIT=spin|sleep (default spin) and DDP_MPI_WAIT_SLEEP_US (the longest sleep
-  // between tests). Spin stays the default: on the simulated cluster sleeping cut the
+  // between tests), read by detail::Env. Spin stays the default: on the simulated cluster sleeping cut the
   // ranks' system CPU time by three quarters but did not shorten the step, because there
   // the communication's own work then competes with backward for the same cores
   // (docs/performance.md, "Sleeping between progress calls"). An unknown value is an

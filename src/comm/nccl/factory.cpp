@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 
 #include <ddp/error.h>
@@ -13,8 +12,8 @@
 #include "comm/nccl/process_group_nccl.h"
 #include "comm/rendezvous.h"
 #include "common/check.h"
+#include "common/env.h"
 #include "common/logging.h"
-#include "common/timeouts.h"
 
 namespace ddp::nccl {
 namespace {
@@ -26,11 +25,11 @@ std::atomic<int> g_groups_created{0};
 c10::Device choose_device(std::optional<c10::Device> requested, const RendezvousConfig& config, int rank) {
   const int count = c10::cuda::device_count();
   if (count == 0) {
-    const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+    const auto visible = detail::Env(rank).cuda_visible_devices();
     throw InvalidArgumentError(fmt::format(
         "[ddp rank {}] the NCCL backend needs a CUDA device, but none is visible (CUDA_VISIBLE_DEVICES={}). Check "
         "the driver (nvidia-smi), or train on the CPU with the MPI backend: ddp::init_process_group(\"mpi\").",
-        rank, visible != nullptr ? fmt::format("\"{}\"", visible) : std::string("unset")));
+        rank, visible ? fmt::format("\"{}\"", *visible) : std::string("unset")));
   }
   if (requested && !requested->is_cuda()) {
     throw InvalidArgumentError(fmt::format(
@@ -89,10 +88,9 @@ std::shared_ptr<ProcessGroup> create(std::optional<c10::Device> device) {
   }
   std::memcpy(&id, bytes.data(), sizeof(id));
   detail::log(detail::LogLevel::kInfo, rank, "NCCL rendezvous \"{}\" done through {}", key, config.describe());
-  // DDP_TIMEOUT_S bounds the communicator's init too (init_process_group applies it to
-  // the group again afterwards).
-  const std::chrono::milliseconds timeout =
-      detail::seconds_from_env("DDP_TIMEOUT_S", rank).value_or(std::chrono::milliseconds(std::chrono::minutes(10)));
+  // DDP_TIMEOUT_S (read with the rendezvous config) bounds the communicator's init too
+  // (init_process_group applies it to the group again afterwards).
+  const std::chrono::milliseconds timeout = config.timeout;
   return std::make_shared<ProcessGroupNCCL>(rank, size, bound, id, timeout);
 }
 
