@@ -1,6 +1,5 @@
 #include "common/timeouts.h"
 
-#include "common/env.h"
 
 namespace ddp::detail {
 
@@ -11,10 +10,6 @@ std::chrono::steady_clock::time_point deadline_after(std::chrono::milliseconds t
   const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::time_point::max() - now);
   if (timeout >= room) return Clock::time_point::max();
   return now + timeout;
-}
-
-std::optional<std::chrono::milliseconds> seconds_from_env(const char* name, int rank) {
-  return Env(rank).seconds(name);
 }
 
 } // namespace ddp::detail

@@ -18,8 +18,4 @@ inline bool is_unbounded(std::chrono::milliseconds timeout) { return timeout >= 
 // now + timeout, saturated at time_point::max().
 std::chrono::steady_clock::time_point deadline_after(std::chrono::milliseconds timeout);
 
-// Transitional, for src/reducer/ until it calls Env(rank).apply_to(options): the same as
-// Env(rank).seconds(name). Remove once nothing calls it.
-std::optional<std::chrono::milliseconds> seconds_from_env(const char* name, int rank);
-
 } // namespace ddp::detail

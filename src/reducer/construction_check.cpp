@@ -2,13 +2,13 @@
 
 #include <fmt/format.h>
 
-#include <cstdlib>
 #include <unordered_set>
 
 #include <ddp/error.h>
 
 #include "comm/consistency_check.h"
-#include "common/timeouts.h"
+#include "common/env.h"
+#include "common/logging.h"
 #include "reducer/parameter_registry.h"
 
 namespace ddp::detail {
@@ -106,29 +106,14 @@ Options ConstructionCheck::resolve(Options options, int rank) {
   if (options.timeout.count() <= 0) {
     throw bad("timeout", static_cast<double>(options.timeout.count()), "> 0 milliseconds");
   }
-  // DDP_TIMEOUT_S replaces the default; a timeout set in the code wins over it. A value
-  // that is not a number of seconds is an error naming the variable, on every path.
-  if (auto env = seconds_from_env("DDP_TIMEOUT_S", rank); env && options.timeout == Options{}.timeout) {
-    options.timeout = *env;
-  }
-  if (const char* s = std::getenv("DDP_TIMELINE")) {
-    if (*s != '\0') options.timeline_path = s;
-  }
-  if (const char* s = std::getenv("DDP_STEP_CHECK"); s != nullptr && *s != '\0') {
-    const std::string mode = s;
-    if (mode == "auto") {
-      options.step_check = Options::StepCheck::kAuto;
-    } else if (mode == "strict") {
-      options.step_check = Options::StepCheck::kStrict;
-    } else if (mode == "deferred") {
-      options.step_check = Options::StepCheck::kDeferred;
-    } else {
-      throw InvalidArgumentError(fmt::format(
-          "[ddp rank {}] DDP_STEP_CHECK=\"{}\" is not a step-check mode: use auto, strict or deferred "
-          "(docs/semantics.md, \"Ranks in step\"), or unset it",
-          rank, mode));
-    }
-  }
+  // DDP_TIMEOUT_S replaces the default timeout (a timeout set in code wins); DDP_TIMELINE
+  // and DDP_STEP_CHECK replace their fields whenever set (docs/configuration.md). A bad
+  // value is an error naming the variable, and, like every check here, travels in the
+  // construction exchange so that every rank stops.
+  options = Env(rank).apply_to(std::move(options));
+  // DDP_LOG_LEVEL and DDP_DEBUG too: a process group made without init_process_group
+  // (a test's, a user's own) has not read them yet.
+  reload_log_settings(rank);
   return options;
 }
 
