@@ -133,10 +133,7 @@ std::string describe_item(const Decoded& d) {
                                         const std::vector<std::string>& texts, const std::string& local_error) {
   std::string ranks;
   for (int r : failed) ranks += fmt::format("{}{}", ranks.empty() ? "" : ",", r);
-  if (!local_error.empty()) {
-    if (failed.size() == 1) throw InvalidArgumentError(local_error);
-    throw InvalidArgumentError(fmt::format("{} (rank(s) {} failed to set up their reducer)", local_error, ranks));
-  }
+  if (!local_error.empty()) throw InvalidArgumentError(local_error);
   throw InvalidArgumentError(fmt::format(
       "[ddp rank {}] rank(s) {} could not set up the reducer, so every rank stops here instead of waiting for it: "
       "{}",

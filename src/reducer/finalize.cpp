@@ -54,7 +54,7 @@ void Reducer::Impl::finalize() {
   if (hook_runner_.active()) {
     std::vector<detail::HookRunner::Failure> hook_failures;
     try {
-      hook_failures = hook_runner_.complete(buckets_, /*interrupted=*/false);
+      hook_runner_.complete(buckets_, /*interrupted=*/false, hook_failures);
     } catch (...) {
       failure = std::current_exception();
     }
@@ -144,7 +144,7 @@ void Reducer::Impl::check_lost_gradients() {
   }
   if (!check_due_) return;
   try {
-    snapshot_.check_unchanged(parameters, names, rank_prefix());
+    snapshot_.check_unchanged(parameters, names, rank_);
     if (module_watch.check) {
       module_watch.full_check_this_forward = true;
       module_watch.check();

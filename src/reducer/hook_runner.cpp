@@ -64,7 +64,7 @@ std::optional<std::string> HookRunner::run(BucketSet& buckets, size_t b, int64_t
   return failure;
 }
 
-std::vector<HookRunner::Failure> HookRunner::complete(BucketSet& buckets, bool interrupted) {
+void HookRunner::complete(BucketSet& buckets, bool interrupted, std::vector<Failure>& failures) {
   using Clock = std::chrono::steady_clock;
   // One deadline for the whole section: a peer that never completes it costs one timeout,
   // not one per bucket (MPI completes in order, so every later wait would run out too).
@@ -75,7 +75,6 @@ std::vector<HookRunner::Failure> HookRunner::complete(BucketSet& buckets, bool i
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     return std::max(left, std::chrono::milliseconds(1));
   };
-  std::vector<Failure> failures;
   // A failure of the hook is reported (or, for an interrupted section, only logged: that
   // step is not averaged anyway); the group's own failure ends the wait.
   auto hook_failed = [&](size_t b, const std::string& what) {
@@ -121,7 +120,6 @@ std::vector<HookRunner::Failure> HookRunner::complete(BucketSet& buckets, bool i
     }
     if (!problem.empty()) hook_failed(b, problem);
   }
-  return failures;
 }
 
 } // namespace ddp::detail

@@ -48,10 +48,10 @@ class HookRunner {
   // pair with its peers'; returns the failure either way.
   std::optional<std::string> run(BucketSet& buckets, size_t b, int64_t iteration);
   // Advances every future in bucket order, then waits for each and writes its value into
-  // its bucket. Returns the hook's failures, in the order found; `interrupted` (completing
-  // a section an exception cut short) only logs them. Throws CommError (TimeoutError)
-  // when the group fails; one deadline for all buckets.
-  std::vector<Failure> complete(BucketSet& buckets, bool interrupted);
+  // its bucket. Appends the hook's failures to `failures` in the order found (kept when it
+  // throws); `interrupted` (completing a section an exception cut short) only logs them.
+  // Throws CommError (TimeoutError) when the group fails; one deadline for all buckets.
+  void complete(BucketSet& buckets, bool interrupted, std::vector<Failure>& failures);
 
   // The message a failure on bucket b becomes.
   std::string failure_message(const std::string& rank_prefix, const BucketSet& buckets, size_t b, int64_t iteration,

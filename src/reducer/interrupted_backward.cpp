@@ -24,7 +24,8 @@ void InterruptedBackward::complete_section(const std::function<void(size_t)>& la
     if (lock) lock->unlock();
     std::exception_ptr failure;
     try {
-      parts_.hooks.complete(parts_.buckets, /*interrupted=*/true);
+      std::vector<HookRunner::Failure> logged_only;
+      parts_.hooks.complete(parts_.buckets, /*interrupted=*/true, logged_only);
     } catch (...) {
       failure = std::current_exception();
     }

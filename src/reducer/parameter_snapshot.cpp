@@ -17,16 +17,16 @@ ParameterSnapshot::ParameterSnapshot(const std::vector<at::Tensor>& parameters) 
 }
 
 void ParameterSnapshot::check_unchanged(const std::vector<at::Tensor>& parameters,
-                                        const std::vector<std::string>& names, const std::string& rank_prefix) const {
+                                        const std::vector<std::string>& names, int rank) const {
   for (size_t i = 0; i < parameters.size(); ++i) {
     const at::Tensor& p = parameters[i];
     if (p.scalar_type() == dtypes_[i] && p.device() == devices_[i] && p.sizes() == shapes_[i]) continue;
     throw ReductionError(fmt::format(
-        "{} parameter '{}' changed after it was wrapped: it is now {} {} on {} (was {} {} on {}){}. Its gradient "
+        "[ddp rank {}] parameter '{}' changed after it was wrapped: it is now {} {} on {} (was {} {} on {}){}. Its gradient "
         "hook is gone, so its gradients would no longer be averaged and the ranks would diverge. Move, cast or "
         "replace the module's parameters (module->to(...), replace_module, set_data) before wrapping it, and wrap "
         "it again after any such change.",
-        rank_prefix, names[i], c10::toString(p.scalar_type()), c10::str(p.sizes()), p.device().str(),
+        rank, names[i], c10::toString(p.scalar_type()), c10::str(p.sizes()), p.device().str(),
         c10::toString(dtypes_[i]), c10::str(at::IntArrayRef(shapes_[i])), devices_[i].str(), ""));
   }
 }

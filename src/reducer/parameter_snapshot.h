@@ -20,7 +20,7 @@ class ParameterSnapshot {
   explicit ParameterSnapshot(const std::vector<at::Tensor>& parameters);
   // Throws ReductionError naming the first parameter that changed since the snapshot.
   void check_unchanged(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
-                       const std::string& rank_prefix) const;
+                       int rank) const;
   // True when `tensor` is one of the snapshot's parameters.
   bool contains(const at::Tensor& tensor) const { return tensors_.count(tensor.unsafeGetTensorImpl()) > 0; }
   const std::vector<std::vector<int64_t>>& shapes() const { return shapes_; }

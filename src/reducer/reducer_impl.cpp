@@ -199,12 +199,11 @@ void Reducer::Impl::prepare_for_forward() {
   // not be ended. On CUDA only what has arrived; a group left hanging is aborted.
   if (step_check_.deferred()) step_check_.drain(/*block=*/!process_group->device().is_cuda());
   if (phase_ == Phase::kBackward) settle_interrupted_backward(lock);
-  {
-    const detail::ScopedTimer timer(stats.step_check_ns);
-    module_watch.full_check_this_forward = check_due_ || step_check_.step() % kFullCheckEvery == 0;
-    check_due_ = false;
-    if (module_watch.full_check_this_forward) snapshot_.check_unchanged(parameters, names, rank_prefix());
-  }
+  const auto check_start = Clock::now();
+  module_watch.full_check_this_forward = check_due_ || step_check_.step() % kFullCheckEvery == 0;
+  check_due_ = false;
+  if (module_watch.full_check_this_forward) snapshot_.check_unchanged(parameters, names, rank_);
+  stats.step_check_ns += detail::nanoseconds_since(check_start);
   forget_unfinished_forward();
   phase_ = Phase::kIdle;
   extra_backward_ = false;

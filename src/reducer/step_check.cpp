@@ -148,9 +148,16 @@ void StepCheck::reset_section() {
   header_work_.reset();
 }
 
-std::vector<int64_t> StepCheck::gather_record(Section section, int64_t third) {
+at::Tensor StepCheck::make_record(Section section, int64_t third) const {
   const int64_t record[kRecordLength] = {static_cast<int64_t>(section), step_, third};
-  at::Tensor local = to_comm_device(at::from_blob(const_cast<int64_t*>(record), {kRecordLength}, at::kLong));
+  return to_comm_device(at::from_blob(const_cast<int64_t*>(record), {kRecordLength}, at::kLong));
+}
+
+std::vector<int64_t> StepCheck::gather_record(Section section, int64_t third) {
+  return gather_now(make_record(section, third));
+}
+
+std::vector<int64_t> StepCheck::gather_now(const at::Tensor& local) {
   at::Tensor all;
   gather_rows(local, all)->wait(timeout_);
   stats_.collectives += 1;
@@ -160,8 +167,9 @@ std::vector<int64_t> StepCheck::gather_record(Section section, int64_t third) {
 }
 
 std::vector<std::pair<bool, bool>> StepCheck::exchange_join(bool active, bool reduces) {
+  const at::Tensor local = make_record(Section::kJoin, (active ? 1 : 0) | (active && reduces ? 2 : 0));
   const auto start = std::chrono::steady_clock::now();
-  const std::vector<int64_t> a = gather_record(Section::kJoin, (active ? 1 : 0) | (active && reduces ? 2 : 0));
+  const std::vector<int64_t> a = gather_now(local);
   stats_.step_check_ns += nanoseconds_since(start);
   bool aligned = true;
   for (int r = 0; r < world_size_; ++r) {

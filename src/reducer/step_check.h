@@ -101,6 +101,9 @@ class StepCheck {
   // A header-shaped record with a third field of its own, gathered and waited for on the
   // host (ddp::Join's flags, a hook's registration); returns world x kRecordLength.
   std::vector<int64_t> gather_record(Section section, int64_t third);
+  // The two halves of gather_record: the record on the group's device, and its gather.
+  at::Tensor make_record(Section section, int64_t third) const;
+  std::vector<int64_t> gather_now(const at::Tensor& local);
   // Gathers every rank's ddp::Join flags {active, reduces this step}; every rank must be
   // in a Join exchange of the same step, else every rank fails naming what each does.
   std::vector<std::pair<bool, bool>> exchange_join(bool active, bool reduces);
