@@ -6,6 +6,17 @@
 
 namespace ddp::detail {
 
+void check_tensor(int rank, const char* op, const at::Tensor& tensor, const std::function<void()>& check_device) {
+  if (!tensor.defined()) {
+    throw InvalidArgumentError(fmt::format("[ddp rank {}] {}: the tensor is undefined", rank, op));
+  }
+  check_device();
+  if (tensor.is_sparse() || !tensor.is_contiguous()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] {}: the tensor must be dense and contiguous (call .contiguous() first)", rank, op));
+  }
+}
+
 void check_root(int rank, int size, int root) {
   if (root < 0 || root >= size) {
     throw InvalidArgumentError(
@@ -27,6 +38,13 @@ void check_allgather_outputs(int rank, int size, const std::vector<at::Tensor>& 
           out.defined() ? c10::toString(out.scalar_type()) : "undefined"));
     }
   }
+}
+
+void check_allgather(int rank, int size, const std::vector<at::Tensor>& outputs, const at::Tensor& input,
+                     const std::function<void(const at::Tensor&)>& check_each) {
+  check_each(input);
+  check_allgather_outputs(rank, size, outputs, input);
+  for (const auto& out : outputs) check_each(out);
 }
 
 } // namespace ddp::detail

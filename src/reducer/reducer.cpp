@@ -1,6 +1,7 @@
 #include <ddp/reducer.h>
 
 #include <ddp/error.h>
+#include <ddp/join.h>
 
 #include <exception>
 
@@ -32,7 +33,6 @@ void Reducer::set_require_sync(bool require_sync) { impl_->require_sync = requir
 void Reducer::synchronize() { impl_->settle_reads(); }
 
 namespace detail {
-void log_join_failure(const Reducer& reducer, const std::exception& error); // include/ddp/join.h
 void log_join_failure(const Reducer& reducer, const std::exception& error) {
   detail::log(detail::LogLevel::kError, reducer.process_group()->rank(),
               "ddp::Join could not complete when it went out of scope (call join() to get this as an exception): {}",

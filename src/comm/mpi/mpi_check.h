@@ -11,6 +11,8 @@
 
 #include <ddp/error.h>
 
+#include "comm/check_call.h"
+
 namespace ddp::mpi {
 
 std::string error_string(int code);
@@ -19,10 +21,4 @@ std::string error_string(int code);
 
 } // namespace ddp::mpi
 
-#define DDP_CHECK_MPI(call)                                                \
-  do {                                                                     \
-    int ddp_mpi_rc_ = (call);                                              \
-    if (ddp_mpi_rc_ != MPI_SUCCESS) {                                      \
-      ::ddp::mpi::throw_mpi_error(#call, ddp_mpi_rc_, __FILE__, __LINE__); \
-    }                                                                      \
-  } while (0)
+#define DDP_CHECK_MPI(call) DDP_CHECK_CALL(#call, (call), MPI_SUCCESS, ::ddp::mpi::throw_mpi_error)

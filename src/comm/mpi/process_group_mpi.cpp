@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "comm/argument_checks.h"
+#include "comm/collective_description.h"
 #include "comm/mpi/host_staging.h"
 #include "comm/mpi/mpi_check.h"
 #include "comm/mpi/mpi_runtime.h"
@@ -56,11 +57,6 @@ std::string check_wait_modes(int rank, const std::vector<int>& modes, const std:
                      rank, per_rank);
 }
 
-std::string describe(const char* op, const at::Tensor& t) {
-  return fmt::format("{} of {} x {} ({:.2f} MiB)", op, t.numel(), c10::toString(t.scalar_type()),
-                     static_cast<double>(t.nbytes()) / (1 << 20));
-}
-
 } // namespace
 
 ProcessGroupMPI::ProcessGroupMPI() {
@@ -103,19 +99,14 @@ ProcessGroupMPI::~ProcessGroupMPI() {
 }
 
 void ProcessGroupMPI::check_tensor(const at::Tensor& tensor, const char* op) const {
-  if (!tensor.defined()) {
-    throw InvalidArgumentError(fmt::format("[ddp rank {}] {}: the tensor is undefined", rank_, op));
-  }
-  if (!tensor.device().is_cpu() && !tensor.device().is_cuda()) {
-    throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] {}: the MPI backend handles CPU tensors, and CUDA tensors through host copies; got a tensor "
-        "on {}. Move it to the CPU or a CUDA device first.",
-        rank_, op, tensor.device().str()));
-  }
-  if (tensor.is_sparse() || !tensor.is_contiguous()) {
-    throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] {}: the tensor must be dense and contiguous (call .contiguous() first)", rank_, op));
-  }
+  detail::check_tensor(rank_, op, tensor, [&] {
+    if (!tensor.device().is_cpu() && !tensor.device().is_cuda()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] {}: the MPI backend handles CPU tensors, and CUDA tensors through host copies; got a "
+          "tensor on {}. Move it to the CPU or a CUDA device first.",
+          rank_, op, tensor.device().str()));
+    }
+  });
 }
 
 std::shared_ptr<HostStaging> ProcessGroupMPI::stage(std::vector<at::Tensor> tensors, const std::vector<bool>& reads,
@@ -132,7 +123,7 @@ std::shared_ptr<Work> ProcessGroupMPI::allreduce(at::Tensor tensor) {
   check_tensor(tensor, "allreduce");
   MPI_Datatype type = datatype_for(tensor.scalar_type());
   MPI_Op op = sum_op_for(tensor.scalar_type());
-  auto work = make_work(describe("allreduce", tensor));
+  auto work = make_work(detail::describe_collective("allreduce", tensor));
   MPI_Comm comm = comm_;
   auto staged = stage({tensor}, {true}, {true});
   MpiRuntime::instance().enqueue(work, [tensor, type, op, comm, staged, wait = wait_, ring = ring_] {
@@ -158,7 +149,7 @@ std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
   check_tensor(tensor, "broadcast");
   detail::check_root(rank_, size_, root);
   MPI_Datatype type = datatype_for(tensor.scalar_type());
-  auto work = make_work(describe("broadcast", tensor));
+  auto work = make_work(detail::describe_collective("broadcast", tensor));
   MPI_Comm comm = comm_;
   // Only the root's tensor is read; every rank's is written (the root's with itself).
   auto staged = stage({tensor}, {rank_ == root}, {rank_ != root});
@@ -184,15 +175,13 @@ std::shared_ptr<Work> ProcessGroupMPI::broadcast(at::Tensor tensor, int root) {
 }
 
 std::shared_ptr<Work> ProcessGroupMPI::allgather(std::vector<at::Tensor> outputs, at::Tensor input) {
-  check_tensor(input, "allgather");
-  detail::check_allgather_outputs(rank_, size_, outputs, input);
-  for (const auto& out : outputs) check_tensor(out, "allgather");
+  detail::check_allgather(rank_, size_, outputs, input, [this](const at::Tensor& t) { check_tensor(t, "allgather"); });
   if (input.numel() > kMaxCount) {
     throw InvalidArgumentError(fmt::format("[ddp rank {}] allgather: inputs above {} elements are not supported",
                                            rank_, kMaxCount));
   }
   MPI_Datatype type = datatype_for(input.scalar_type());
-  auto work = make_work(describe("allgather", input));
+  auto work = make_work(detail::describe_collective("allgather", input));
   MPI_Comm comm = comm_;
   // tensors: the outputs, then the input (read, not written).
   std::vector<at::Tensor> tensors = outputs;

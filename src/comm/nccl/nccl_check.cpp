@@ -53,6 +53,10 @@ void throw_nccl_error(const char* call, ncclResult_t result, NcclComm* comm, con
   throw CommError(message);
 }
 
+void throw_nccl_error(const char* call, ncclResult_t result, const char* file, int line) {
+  throw_nccl_error(call, result, nullptr, file, line);
+}
+
 void throw_cuda_error(const char* call, cudaError_t error, const char* file, int line) {
   (void)cudaGetLastError();  // clear it, so the next unrelated check does not see it again
   throw CommError(fmt::format("[ddp rank {}] CUDA call {} failed at {}:{}: {} ({})", detail::world_rank(), call, file,

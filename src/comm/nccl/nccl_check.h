@@ -13,6 +13,8 @@
 
 #include <ddp/error.h>
 
+#include "comm/check_call.h"
+
 #if !defined(NCCL_VERSION_CODE) || NCCL_VERSION_CODE < NCCL_VERSION(2, 14, 0)
 #error "libddp's NCCL backend needs NCCL 2.14 or newer (ncclGetLastError, ncclRemoteError); set NCCL_ROOT to one"
 #endif
@@ -26,23 +28,13 @@ std::string describe_result(ncclResult_t result);
 
 // Throws CommError for a failed `call`; aborts `comm` first when it is not null.
 [[noreturn]] void throw_nccl_error(const char* call, ncclResult_t result, NcclComm* comm, const char* file, int line);
+// The same for a call made without a communicator.
+[[noreturn]] void throw_nccl_error(const char* call, ncclResult_t result, const char* file, int line);
 [[noreturn]] void throw_cuda_error(const char* call, cudaError_t error, const char* file, int line);
 
 } // namespace ddp::nccl
 
 // For calls made without a communicator (ncclGetUniqueId).
-#define DDP_CHECK_NCCL(call)                                                             \
-  do {                                                                                   \
-    ncclResult_t ddp_nccl_rc_ = (call);                                                  \
-    if (ddp_nccl_rc_ != ncclSuccess) {                                                   \
-      ::ddp::nccl::throw_nccl_error(#call, ddp_nccl_rc_, nullptr, __FILE__, __LINE__);   \
-    }                                                                                    \
-  } while (0)
+#define DDP_CHECK_NCCL(call) DDP_CHECK_CALL(#call, (call), ncclSuccess, ::ddp::nccl::throw_nccl_error)
 
-#define DDP_CHECK_CUDA(call)                                                         \
-  do {                                                                               \
-    cudaError_t ddp_cuda_rc_ = (call);                                               \
-    if (ddp_cuda_rc_ != cudaSuccess) {                                               \
-      ::ddp::nccl::throw_cuda_error(#call, ddp_cuda_rc_, __FILE__, __LINE__);        \
-    }                                                                                \
-  } while (0)
+#define DDP_CHECK_CUDA(call) DDP_CHECK_CALL(#call, (call), cudaSuccess, ::ddp::nccl::throw_cuda_error)

@@ -12,6 +12,7 @@
 #include <ddp/error.h>
 
 #include "comm/argument_checks.h"
+#include "comm/collective_description.h"
 #include "comm/nccl/nccl_check.h"
 #include "comm/nccl/nccl_comm.h"
 #include "comm/nccl/nccl_types.h"
@@ -23,9 +24,9 @@
 namespace ddp::nccl {
 namespace {
 
+// "nccl allreduce of 4194304 x Float (16.00 MiB) on cuda:0".
 std::string describe(const char* op, const at::Tensor& t) {
-  return fmt::format("nccl {} of {} x {} ({:.2f} MiB) on {}", op, t.numel(), c10::toString(t.scalar_type()),
-                     static_cast<double>(t.nbytes()) / (1 << 20), t.device().str());
+  return fmt::format("nccl {} on {}", detail::describe_collective(op, t), t.device().str());
 }
 
 } // namespace
@@ -107,25 +108,20 @@ void ProcessGroupNCCL::check_usable(const char* op) const {
 }
 
 void ProcessGroupNCCL::check_tensor(const at::Tensor& tensor, const char* op) const {
-  if (!tensor.defined()) {
-    throw InvalidArgumentError(fmt::format("[ddp rank {}] {}: the tensor is undefined", rank_, op));
-  }
-  if (!tensor.device().is_cuda()) {
-    throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] {}: the NCCL backend handles CUDA tensors, got a tensor on {}. Move the model to {} first "
-        "(module->to(device)), or use the MPI backend for CPU tensors: ddp::init_process_group(\"mpi\").",
-        rank_, op, tensor.device().str(), device_.str()));
-  }
-  if (tensor.device() != device_) {
-    throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] {}: the tensor is on {} but this NCCL process group is bound to {} (one device per rank, "
-        "chosen by LOCAL_RANK or the device passed to init_process_group). Move the tensor to {}.",
-        rank_, op, tensor.device().str(), device_.str(), device_.str()));
-  }
-  if (tensor.is_sparse() || !tensor.is_contiguous()) {
-    throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] {}: the tensor must be dense and contiguous (call .contiguous() first)", rank_, op));
-  }
+  detail::check_tensor(rank_, op, tensor, [&] {
+    if (!tensor.device().is_cuda()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] {}: the NCCL backend handles CUDA tensors, got a tensor on {}. Move the model to {} first "
+          "(module->to(device)), or use the MPI backend for CPU tensors: ddp::init_process_group(\"mpi\").",
+          rank_, op, tensor.device().str(), device_.str()));
+    }
+    if (tensor.device() != device_) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] {}: the tensor is on {} but this NCCL process group is bound to {} (one device per rank, "
+          "chosen by LOCAL_RANK or the device passed to init_process_group). Move the tensor to {}.",
+          rank_, op, tensor.device().str(), device_.str(), device_.str()));
+    }
+  });
 }
 
 template <typename Call>
@@ -184,9 +180,7 @@ std::shared_ptr<Work> ProcessGroupNCCL::broadcast(at::Tensor tensor, int root) {
 }
 
 std::shared_ptr<Work> ProcessGroupNCCL::allgather(std::vector<at::Tensor> outputs, at::Tensor input) {
-  check_tensor(input, "allgather");
-  detail::check_allgather_outputs(rank_, size_, outputs, input);
-  for (const auto& out : outputs) check_tensor(out, "allgather");
+  detail::check_allgather(rank_, size_, outputs, input, [this](const at::Tensor& t) { check_tensor(t, "allgather"); });
   const ncclDataType_t type = datatype_for(input.scalar_type(), "allgather", rank_);
   std::vector<at::Tensor> used = outputs;
   used.push_back(input);
