@@ -368,7 +368,10 @@ TEST_CASE("thread ranks: injected delay, failure and drop", "[threads][pg]") {
   SECTION("a dropped collective never reaches the peers: they time out, later ones do not overtake it") {
     auto world = ThreadWorld::create(3);
     world->inject(Fault::drop(2, 1));
-    auto results = run_ranks(world, [](int r, PG pg) {
+    // Every rank stays until all have waited: a rank that returns has left, and the slots
+    // it already joined (its second call) would then complete without it being waited for.
+    std::atomic<int> waited{0};
+    auto results = run_ranks(world, [&](int, PG pg) {
       auto first = pg->allreduce(at::ones({4}));
       auto second = pg->allreduce(at::ones({4}));
       std::string seen;
@@ -380,6 +383,8 @@ TEST_CASE("thread ranks: injected delay, failure and drop", "[threads][pg]") {
           seen += "timeout;";
         }
       }
+      waited += 1;
+      while (waited < 3) std::this_thread::sleep_for(std::chrono::milliseconds(2));
       return seen;
     });
     for (const auto& r : results) {
