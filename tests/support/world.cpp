@@ -14,19 +14,31 @@ at::Device& device_slot() {
   static at::Device device = at::kCPU;
   return device;
 }
+// A rank thread's own group (ThreadWorldScope); null on every other thread.
+std::shared_ptr<ProcessGroup>& thread_world_slot() {
+  thread_local std::shared_ptr<ProcessGroup> pg;
+  return pg;
+}
 } // namespace
 
 std::shared_ptr<ProcessGroup> world_ptr() {
+  if (auto& own = thread_world_slot()) return own;
   if (!world_slot()) throw std::runtime_error("the test main did not create the world process group");
   return world_slot();
 }
+
+ThreadWorldScope::ThreadWorldScope(std::shared_ptr<ProcessGroup> pg) : previous_(std::move(thread_world_slot())) {
+  thread_world_slot() = std::move(pg);
+}
+
+ThreadWorldScope::~ThreadWorldScope() { thread_world_slot() = std::move(previous_); }
 
 void set_world(std::shared_ptr<ProcessGroup> pg, at::Device device) {
   world_slot() = std::move(pg);
   device_slot() = device;
 }
 
-at::Device world_device() { return device_slot(); }
+at::Device world_device() { return thread_world_slot() ? at::Device(at::kCPU) : device_slot(); }
 
 bool identical_across_ranks(const at::Tensor& tensor) {
   ProcessGroup& pg = world();

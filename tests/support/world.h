@@ -21,6 +21,20 @@ inline ProcessGroup& world() { return *world_ptr(); }
 void set_world(std::shared_ptr<ProcessGroup> pg, at::Device device = at::kCPU);
 at::Device world_device();
 
+// While alive, world() on the calling thread (only) is `pg` on the CPU: the thread-rank
+// runner (thread_ranks.h) gives each rank thread its own group this way. Other threads,
+// and the mpirun tests, keep the group set_world() installed.
+class ThreadWorldScope {
+ public:
+  explicit ThreadWorldScope(std::shared_ptr<ProcessGroup> pg);
+  ~ThreadWorldScope();
+  ThreadWorldScope(const ThreadWorldScope&) = delete;
+  ThreadWorldScope& operator=(const ThreadWorldScope&) = delete;
+
+ private:
+  std::shared_ptr<ProcessGroup> previous_;
+};
+
 // True on every rank iff every rank holds bit-identical contents (dtype, shape, bytes).
 bool identical_across_ranks(const at::Tensor& tensor);
 
