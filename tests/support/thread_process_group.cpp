@@ -81,6 +81,7 @@ void ThreadWorld::abort_all(const std::string& reason) {
 std::shared_ptr<Work> ThreadWorld::issue(int rank, std::unique_ptr<Call> call) {
   std::unique_lock<std::mutex> lock(mutex_);
   RankState& me = ranks_[static_cast<size_t>(rank)];
+  me.resolved.clear(); // on this rank's own thread (see RankState::resolved)
   const uint64_t sequence = ++me.issued;
   call->work = std::make_shared<Work>(call->description, sequence, rank);
   if (me.gone) {
@@ -137,6 +138,7 @@ void ThreadWorld::leave(int rank, const std::string& why, bool fail_own) {
   if (me.gone) return;
   me.gone = true;
   me.gone_why = why;
+  me.resolved.clear();
   for (auto& work : me.dropped) work->complete_if_pending(comm_error(why));
   me.dropped.clear();
   if (fail_own) {
@@ -177,6 +179,10 @@ void ThreadWorld::advance_locked() {
                                                                r, next_, call->description, why)));
       }
       failed_[next_] = why;
+    }
+    for (int r = 0; r < size_; ++r) {
+      auto& call = slot.calls[static_cast<size_t>(r)];
+      if (call) ranks_[static_cast<size_t>(r)].resolved.push_back(std::move(call));
     }
     slots_.erase(it);
     next_ += 1;

@@ -97,6 +97,10 @@ class ThreadWorld : public std::enable_shared_from_this<ThreadWorld> {
     bool gone = false;     // group destroyed or aborted: it issues nothing more
     std::string gone_why;  // what the peers' slots it never joins report
     std::vector<std::shared_ptr<Work>> dropped; // injected drops, pending for good
+    // Its resolved calls, released by its own thread (at its next call or when it leaves):
+    // a tensor or error freed on another rank's thread is a race for TSan, which cannot
+    // see the ordering that LibTorch's uninstrumented reference counts provide.
+    std::vector<std::unique_ptr<Call>> resolved;
   };
 
   // Issues rank `rank`'s call (the group's methods); returns its Work.
