@@ -17,9 +17,12 @@
 
 #include <ddp/join.h>
 
+#include "misuse_fixtures.h"
 #include "models.h"
 #include "throw_in_backward.h"
 #include "world.h"
+
+using ddp::test::FailingHook;
 
 namespace {
 
@@ -348,30 +351,6 @@ TEST_CASE("a hook of the user's own: reduce at rank 0 and broadcast", "[hooks]")
   CHECK(reducer.stats().hook_bytes_per_iteration == 2 * 4 * (48 * 40 + 40 + 6));
 }
 
-// Throws "injected failure" on bucket `bucket` of iteration `iteration` on the ranks in
-// `ranks`, in run() or in its continuation, when the bucket holds anything but zeros (a
-// check on the data, like a NaN check); all-reduces otherwise.
-class FailingHook final : public ddp::CommHook {
- public:
-  FailingHook(std::set<int> ranks, int64_t iteration, size_t bucket, bool in_continuation)
-      : ranks_(std::move(ranks)), iteration_(iteration), bucket_(bucket), in_continuation_(in_continuation) {}
-  std::string name() const override { return "failing"; }
-  std::shared_ptr<ddp::CommFuture> run(ddp::GradBucket& bucket) override {
-    const bool fail = ranks_.count(bucket.process_group().rank()) && bucket.iteration() == iteration_ &&
-                      bucket.index() == bucket_ && bucket.buffer().abs().sum().item<double>() > 0;
-    if (fail && !in_continuation_) throw std::runtime_error("injected failure");
-    at::Tensor buffer = bucket.buffer();
-    auto future = ddp::CommFuture::of(bucket.process_group().allreduce(buffer), buffer);
-    if (!fail) return future;
-    return future->then_map([](const at::Tensor&) -> at::Tensor { throw std::runtime_error("injected failure"); });
-  }
-
- private:
-  std::set<int> ranks_;
-  int64_t iteration_;
-  size_t bucket_;
-  bool in_continuation_;
-};
 
 TEST_CASE("a hook that throws is a ReductionError on every rank naming the hook and the bucket", "[hooks]") {
   const int n = world().size();

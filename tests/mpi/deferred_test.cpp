@@ -7,9 +7,11 @@
 
 #include "models.h"
 #include "throw_in_backward.h"
+#include "misuse_fixtures.h"
 #include "world.h"
 
 using Catch::Contains;
+using ddp::test::rank_tag;
 
 namespace {
 
@@ -20,7 +22,6 @@ ddp::Options deferred_options() {
   return o;
 }
 
-std::string rank_tag(int r) { return "[ddp rank " + std::to_string(r) + "]"; }
 
 using ddp::test::Injected;
 using ddp::test::ThrowInBackward;

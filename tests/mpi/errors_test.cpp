@@ -3,25 +3,11 @@
 
 #include <functional>
 
+#include "misuse_fixtures.h"
 #include "world.h"
 
 using Catch::Contains;
-
-namespace {
-// Rank 1 builds a model that differs from the others' in one way.
-struct TwoLayerImpl : torch::nn::Module {
-  TwoLayerImpl(const std::string& variant, int rank) {
-    const bool odd = rank == 1;
-    a = register_module("a", torch::nn::Linear(4, odd && variant == "shape" ? 5 : 4));
-    b = register_module(odd && variant == "name" ? "b_renamed" : "b", torch::nn::Linear(4, 4));
-    if (odd && variant == "count") extra = register_module("extra", torch::nn::Linear(4, 4));
-    if (odd && variant == "dtype") b->to(torch::kDouble);
-  }
-  torch::Tensor forward(torch::Tensor x) { return b(a(x)); }
-  torch::nn::Linear a{nullptr}, b{nullptr}, extra{nullptr};
-};
-TORCH_MODULE(TwoLayer);
-} // namespace
+using ddp::test::TwoLayer;
 
 TEST_CASE("models that differ across ranks give one clear error on every rank", "[errors]") {
   auto pg = ddp::test::world_ptr();

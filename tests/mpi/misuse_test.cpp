@@ -12,63 +12,22 @@
 #include "capture_stderr.h"
 #include "throw_in_backward.h"
 #include "common/logging.h"
+#include "misuse_fixtures.h"
 #include "models.h"
 #include "world.h"
 
 using Catch::Contains;
 using ddp::test::identical_across_ranks;
-
-namespace {
-
-ddp::Options short_timeout() {
-  ddp::Options o = ddp::test::test_options();
-  o.timeout = std::chrono::seconds(10);
-  return o;
-}
-
-std::string rank_tag(int r) { return "[ddp rank " + std::to_string(r) + "]"; }
-
+using ddp::test::average_linear_weight_grad;
+using ddp::test::input_of;
+using ddp::test::linear_weight_grad;
+using ddp::test::rank_tag;
+using ddp::test::short_timeout;
+using ddp::test::Frozen;
+using ddp::test::SmallNet;
+using ddp::test::ThrowingNet;
 using ddp::test::Injected;
 using ddp::test::ThrowInBackward;
-
-// A Linear's weight gradient for loss = sum(W x + b) over a batch of rows x: every row
-// of dW is the sum of the batch's rows. Independent of the code under test.
-at::Tensor linear_weight_grad(const at::Tensor& x, int64_t out_features) {
-  return x.sum(0).unsqueeze(0).expand({out_features, x.size(1)}).contiguous();
-}
-
-at::Tensor input_of(int q) { return torch::full({2, 4}, static_cast<float>(q + 1)); }
-
-// The average over ranks of linear_weight_grad(input_of(q)).
-at::Tensor average_linear_weight_grad(int world, int64_t out_features) {
-  at::Tensor sum = torch::zeros({out_features, 4});
-  for (int q = 0; q < world; ++q) sum += linear_weight_grad(input_of(q), out_features);
-  return sum / world;
-}
-
-// Linear -> (optional BatchNorm, for buffers) -> Linear; `fail_forward` throws in forward.
-struct SmallNetImpl : torch::nn::Module {
-  explicit SmallNetImpl(bool with_buffers) {
-    a = register_module("a", torch::nn::Linear(4, 4));
-    if (with_buffers) bn = register_module("bn", torch::nn::BatchNorm1d(4));
-    b = register_module("b", torch::nn::Linear(4, 3));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    if (fail_forward) {
-      fail_forward = false;
-      throw Injected();
-    }
-    x = a(x);
-    if (bn) x = bn(x);
-    return b(torch::tanh(x));
-  }
-  torch::nn::Linear a{nullptr}, b{nullptr};
-  torch::nn::BatchNorm1d bn{nullptr};
-  bool fail_forward = false;
-};
-TORCH_MODULE(SmallNet);
-
-} // namespace
 
 TEST_CASE("options that shape the collectives must agree: every rank names the option and each value", "[misuse]") {
   auto pg = ddp::test::world_ptr();
@@ -102,27 +61,6 @@ TEST_CASE("options that shape the collectives must agree: every rank names the o
     }
   }
 }
-
-namespace {
-// Rank 1's frozen parameters differ from the others' in one way.
-struct FrozenImpl : torch::nn::Module {
-  FrozenImpl(const std::string& variant, int rank) {
-    const bool odd = rank == 1;
-    trunk = register_module("trunk", torch::nn::Linear(4, 4));
-    frozen = register_module("frozen", torch::nn::Linear(4, odd && variant == "shape" ? 5 : 4));
-    if (odd && variant == "dtype") frozen->to(torch::kDouble);
-    if (odd && variant == "count") extra = register_module("extra", torch::nn::Linear(4, 4));
-    for (auto& p : frozen->parameters()) p.requires_grad_(false);
-    if (extra) {
-      for (auto& p : extra->parameters()) p.requires_grad_(false);
-    }
-    if (odd && variant == "which") trunk->bias.requires_grad_(false);
-  }
-  torch::Tensor forward(torch::Tensor x) { return trunk(x); }
-  torch::nn::Linear trunk{nullptr}, frozen{nullptr}, extra{nullptr};
-};
-TORCH_MODULE(Frozen);
-} // namespace
 
 TEST_CASE("frozen parameters and buffers are checked across ranks too, before anything is broadcast", "[misuse]") {
   auto pg = ddp::test::world_ptr();
@@ -244,20 +182,6 @@ TEST_CASE("a forward under NoGradGuard between a training forward and its backwa
     }
   }
 }
-
-namespace {
-
-struct ThrowingNetImpl : torch::nn::Module {
-  ThrowingNetImpl() {
-    a = register_module("a", torch::nn::Linear(4, 4));
-    b = register_module("b", torch::nn::Linear(4, 4));
-  }
-  torch::Tensor forward(torch::Tensor x) { return b(ThrowInBackward::apply(a(x), armed)); }
-  torch::nn::Linear a{nullptr}, b{nullptr};
-  bool armed = false;
-};
-TORCH_MODULE(ThrowingNet);
-} // namespace
 
 TEST_CASE("an exception inside backward: every rank is told, and training goes on at the next step", "[misuse]") {
   auto pg = ddp::test::world_ptr();

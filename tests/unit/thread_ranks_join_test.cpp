@@ -19,6 +19,7 @@
 #include <ddp/hooks.h>
 #include <ddp/join.h>
 
+#include "misuse_fixtures.h"
 #include "models.h"
 #include "thread_ranks.h"
 #include "world.h"
@@ -26,6 +27,8 @@
 using Catch::Contains;
 using ddp::test::run_ranks;
 using PG = std::shared_ptr<ddp::ProcessGroup>;
+
+using ddp::test::FailingHook;
 
 namespace {
 
@@ -265,29 +268,6 @@ void step(ddp::Reducer& reducer, const std::vector<torch::Tensor>& params, const
   loss.backward();
 }
 
-// Throws "injected failure" on bucket `bucket` of iteration `iteration` on the ranks in
-// `ranks`, in run() or in its continuation, when the bucket holds anything but zeros.
-class FailingHook final : public ddp::CommHook {
- public:
-  FailingHook(std::set<int> ranks, int64_t iteration, size_t bucket, bool in_continuation)
-      : ranks_(std::move(ranks)), iteration_(iteration), bucket_(bucket), in_continuation_(in_continuation) {}
-  std::string name() const override { return "failing"; }
-  std::shared_ptr<ddp::CommFuture> run(ddp::GradBucket& bucket) override {
-    const bool fail = ranks_.count(bucket.process_group().rank()) && bucket.iteration() == iteration_ &&
-                      bucket.index() == bucket_ && bucket.buffer().abs().sum().item<double>() > 0;
-    if (fail && !in_continuation_) throw std::runtime_error("injected failure");
-    at::Tensor buffer = bucket.buffer();
-    auto future = ddp::CommFuture::of(bucket.process_group().allreduce(buffer), buffer);
-    if (!fail) return future;
-    return future->then_map([](const at::Tensor&) -> at::Tensor { throw std::runtime_error("injected failure"); });
-  }
-
- private:
-  std::set<int> ranks_;
-  int64_t iteration_;
-  size_t bucket_;
-  bool in_continuation_;
-};
 
 } // namespace
 

@@ -17,6 +17,7 @@
 
 #include <ddp/ddp.h>
 
+#include "misuse_fixtures.h"
 #include "thread_ranks.h"
 #include "throw_in_backward.h"
 #include "world.h"
@@ -26,52 +27,17 @@ using ddp::test::Injected;
 using ddp::test::run_ranks;
 using ddp::test::ThrowInBackward;
 using PG = std::shared_ptr<ddp::ProcessGroup>;
+using ddp::test::average_linear_weight_grad;
+using ddp::test::input_of;
+using ddp::test::linear_weight_grad;
+using ddp::test::rank_tag;
+using ddp::test::short_timeout;
+using ddp::test::Frozen;
+using ddp::test::SmallNet;
+using ddp::test::ThrowingNet;
+using ddp::test::TwoLayer;
 
 namespace {
-
-ddp::Options short_timeout() {
-  ddp::Options o = ddp::test::test_options();
-  o.timeout = std::chrono::seconds(10);
-  return o;
-}
-
-std::string rank_tag(int r) { return "[ddp rank " + std::to_string(r) + "]"; }
-
-// A Linear's weight gradient for loss = sum(W x + b) over a batch of rows x: every row
-// of dW is the sum of the batch's rows. Independent of the code under test.
-at::Tensor linear_weight_grad(const at::Tensor& x, int64_t out_features) {
-  return x.sum(0).unsqueeze(0).expand({out_features, x.size(1)}).contiguous();
-}
-
-at::Tensor input_of(int q) { return torch::full({2, 4}, static_cast<float>(q + 1)); }
-
-at::Tensor average_linear_weight_grad(int world, int64_t out_features) {
-  at::Tensor sum = torch::zeros({out_features, 4});
-  for (int q = 0; q < world; ++q) sum += linear_weight_grad(input_of(q), out_features);
-  return sum / world;
-}
-
-// Linear -> (optional BatchNorm, for buffers) -> Linear; `fail_forward` throws in forward.
-struct SmallNetImpl : torch::nn::Module {
-  explicit SmallNetImpl(bool with_buffers) {
-    a = register_module("a", torch::nn::Linear(4, 4));
-    if (with_buffers) bn = register_module("bn", torch::nn::BatchNorm1d(4));
-    b = register_module("b", torch::nn::Linear(4, 3));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    if (fail_forward) {
-      fail_forward = false;
-      throw Injected();
-    }
-    x = a(x);
-    if (bn) x = bn(x);
-    return b(torch::tanh(x));
-  }
-  torch::nn::Linear a{nullptr}, b{nullptr};
-  torch::nn::BatchNorm1d bn{nullptr};
-  bool fail_forward = false;
-};
-TORCH_MODULE(SmallNet);
 
 // What a rank saw: the libddp error's message, or `fallback` when there was none.
 template <class F>
@@ -136,41 +102,6 @@ TEST_CASE("thread ranks: options that shape the collectives must agree: every ra
     }
   }
 }
-
-namespace {
-// Rank 1's frozen parameters differ from the others' in one way.
-struct FrozenImpl : torch::nn::Module {
-  FrozenImpl(const std::string& variant, int rank) {
-    const bool odd = rank == 1;
-    trunk = register_module("trunk", torch::nn::Linear(4, 4));
-    frozen = register_module("frozen", torch::nn::Linear(4, odd && variant == "shape" ? 5 : 4));
-    if (odd && variant == "dtype") frozen->to(torch::kDouble);
-    if (odd && variant == "count") extra = register_module("extra", torch::nn::Linear(4, 4));
-    for (auto& p : frozen->parameters()) p.requires_grad_(false);
-    if (extra) {
-      for (auto& p : extra->parameters()) p.requires_grad_(false);
-    }
-    if (odd && variant == "which") trunk->bias.requires_grad_(false);
-  }
-  torch::Tensor forward(torch::Tensor x) { return trunk(x); }
-  torch::nn::Linear trunk{nullptr}, frozen{nullptr}, extra{nullptr};
-};
-TORCH_MODULE(Frozen);
-
-// Rank 1 builds a model that differs from the others' in one way (errors_test.cpp).
-struct TwoLayerImpl : torch::nn::Module {
-  TwoLayerImpl(const std::string& variant, int rank) {
-    const bool odd = rank == 1;
-    a = register_module("a", torch::nn::Linear(4, odd && variant == "shape" ? 5 : 4));
-    b = register_module(odd && variant == "name" ? "b_renamed" : "b", torch::nn::Linear(4, 4));
-    if (odd && variant == "count") extra = register_module("extra", torch::nn::Linear(4, 4));
-    if (odd && variant == "dtype") b->to(torch::kDouble);
-  }
-  torch::Tensor forward(torch::Tensor x) { return b(a(x)); }
-  torch::nn::Linear a{nullptr}, b{nullptr}, extra{nullptr};
-};
-TORCH_MODULE(TwoLayer);
-} // namespace
 
 TEST_CASE("thread ranks: frozen parameters and buffers are checked across ranks too", "[threads][misuse]") {
   struct Case {
@@ -315,19 +246,6 @@ TEST_CASE("thread ranks: a rank that skips one reduction is named on every rank 
   }
 }
 
-namespace {
-struct ThrowingNetImpl : torch::nn::Module {
-  ThrowingNetImpl() {
-    a = register_module("a", torch::nn::Linear(4, 4));
-    b = register_module("b", torch::nn::Linear(4, 4));
-  }
-  torch::Tensor forward(torch::Tensor x) { return b(ThrowInBackward::apply(a(x), armed)); }
-  torch::nn::Linear a{nullptr}, b{nullptr};
-  bool armed = false;
-};
-TORCH_MODULE(ThrowingNet);
-} // namespace
-
 TEST_CASE("thread ranks: an exception inside backward: every rank is told, training goes on at the next step",
           "[threads][misuse]") {
   struct Seen {
@@ -430,6 +348,42 @@ TEST_CASE("thread ranks: uneven inputs without Join: the rank with an extra batc
                                        Contains("uneven inputs") && Contains("same number of batches"));
       } else {
         CHECK(r.value->error.empty());
+      }
+    }
+  }
+}
+
+TEST_CASE("thread ranks: a rank whose own set-up fails is named on every rank at once", "[threads][misuse]") {
+  struct Case {
+    std::string what;
+    std::function<void(torch::nn::Linear&, ddp::Options&)> break_rank1;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {"every parameter frozen",
+       [](torch::nn::Linear& lin, ddp::Options&) {
+         for (auto& p : lin->parameters()) p.requires_grad_(false);
+       },
+       "no parameter requires grad"},
+      {"an option out of range", [](torch::nn::Linear&, ddp::Options& o) { o.in_place_min_mb = -3; },
+       "Options::in_place_min_mb = -3 is invalid"},
+  };
+  for (int n : kWorlds) {
+    for (const Case& c : cases) {
+      CAPTURE(n, c.what);
+      // A long timeout: a peer left waiting in the construction exchange would end in a
+      // TimeoutError (not the InvalidArgumentError asserted) or in the runner's timeout.
+      auto results = run_ranks(n, [&](int r, PG pg) {
+        torch::nn::Linear lin(3, 2);
+        ddp::Options o = ddp::test::test_options();
+        if (r == 1) c.break_rank1(lin, o);
+        return error_of([&] { ddp::DistributedDataParallel model(lin, pg, o); });
+      });
+      require_values(results);
+      for (const auto& r : results) {
+        CAPTURE(r.rank, *r.value);
+        CHECK_THAT(*r.value, Contains(c.expect) && Contains("[ddp rank 1]"));
+        if (r.rank != 1) CHECK_THAT(*r.value, Contains(rank_tag(r.rank) + " rank(s) 1 could not set up the reducer"));
       }
     }
   }
