@@ -29,9 +29,12 @@ class ProcessGroupMPI final : public ProcessGroup {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
+  // Each collective is queued for the one MPI communication thread (MpiRuntime) and
+  // returns at once; CUDA tensors travel through pinned host copies (HostStaging).
   std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  // MPI_Barrier on the communication thread, in issue order with the collectives.
   void barrier() override;
 
  private:

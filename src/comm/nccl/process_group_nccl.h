@@ -45,10 +45,14 @@ class ProcessGroupNCCL final : public ProcessGroup {
   int size() const override { return size_; }
   std::string backend() const override { return "nccl"; }
 
+  // Each collective is enqueued on comm_stream(), after the caller's current stream, and
+  // returns at once; its Work's wait() makes the caller's stream wait for it.
   std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  // NCCL has no barrier: a one-element all-reduce, waited for on the host.
   void barrier() override;
+  // Aborts the NCCL communicator (NcclComm::abort); later calls report `reason`.
   void abort(const std::string& reason) override;
 
   c10::Device device() const override { return device_; }
