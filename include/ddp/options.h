@@ -26,7 +26,9 @@ struct Options {
   // .grad becomes a view into the bucket: no copy back after the reduction.
   bool gradient_as_bucket_view = false;
   // The set of used parameters and their ready order are the same every iteration:
-  // learned in the first one, later iterations skip the used-flags collective.
+  // learned in the first one, later iterations mark the unused ones ready up front (no
+  // graph walk). They keep the header and the used-flags exchange, which make a changed
+  // graph or a skipped step on one rank an error on every rank (docs/semantics.md).
   bool static_graph = false;
   // libddp extension: a gradient of at least this many MiB is all-reduced alone, in
   // place in its own .grad, skipping the copy into a bucket and back (smaller ones share
