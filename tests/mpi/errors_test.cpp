@@ -54,21 +54,7 @@ TEST_CASE("a rank whose own set-up fails is named on every rank at once, not aft
   const std::string tag = "[ddp rank " + std::to_string(r) + "]";
   // The test timeout (60 s) would turn a peer left waiting into a TimeoutError, which
   // fails the type check below: the error must come from the construction exchange.
-  struct Case {
-    std::string what;
-    std::function<void(torch::nn::Linear&, ddp::Options&)> break_rank1;
-    std::string expect;
-  };
-  const std::vector<Case> cases = {
-      {"every parameter frozen",
-       [](torch::nn::Linear& lin, ddp::Options&) {
-         for (auto& p : lin->parameters()) p.requires_grad_(false);
-       },
-       "no parameter requires grad"},
-      {"an option out of range", [](torch::nn::Linear&, ddp::Options& o) { o.bucket_cap_mb = 0; },
-       "Options::bucket_cap_mb = 0 is invalid"},
-  };
-  for (const auto& c : cases) {
+  for (const auto& c : ddp::test::set_up_failures()) {
     CAPTURE(c.what);
     torch::nn::Linear lin(3, 2);
     ddp::Options o = ddp::test::test_options();

@@ -90,50 +90,6 @@ TEST_CASE("frozen parameters and buffers are checked across ranks too, before an
                     Contains("buffer #0") && Contains("rank 1 has '1.running_mean' shape [5]"));
 }
 
-namespace {
-// Runs 5 training steps; at step 2 rank 1 does `variant` instead of a normal step.
-// Returns the first libddp error and the step it was raised at.
-std::pair<std::string, int> run_with_a_skipped_step(const std::string& variant, bool with_buffers, bool static_graph) {
-  auto pg = ddp::test::world_ptr();
-  const int r = pg->rank();
-  torch::manual_seed(3);
-  SmallNet net(with_buffers);
-  ddp::Options o = short_timeout();
-  o.static_graph = static_graph;
-  ddp::DistributedDataParallel model(net, pg, o);
-  for (int step = 0; step < 5; ++step) {
-    try {
-      const bool odd = r == 1 && step == 2;
-      torch::Tensor x = torch::randn({4, 4});
-      if (odd && variant == "no_sync on one rank") {
-        auto guard = model.no_sync();
-        model(x).sum().backward();
-        continue;
-      }
-      if (odd && variant == "forward exception caught on one rank") {
-        net->fail_forward = true;
-        try {
-          model(x);
-        } catch (const Injected&) {
-        }
-        continue;
-      }
-      auto out = model(x);
-      if (odd && variant == "loss without the outputs on one rank") {
-        (torch::ones({1}, torch::requires_grad()) * 2).sum().backward();
-        continue;
-      }
-      out.sum().backward();
-    } catch (const ddp::ReductionError& e) {
-      // Sticky: the ranks stay out of step, so every later call says so again.
-      CHECK_THROWS_WITH(model(torch::randn({4, 4})), Contains("out of step"));
-      return {e.what(), step};
-    }
-  }
-  return {"", -1};
-}
-} // namespace
-
 TEST_CASE("a rank that skips one reduction is named on every rank within one step, never silent", "[misuse]") {
   auto pg = ddp::test::world_ptr();
   const int r = pg->rank();
@@ -142,12 +98,16 @@ TEST_CASE("a rank that skips one reduction is named on every rank within one ste
     for (bool with_buffers : {false, true}) {
       for (bool static_graph : {false, true}) {
         CAPTURE(variant, with_buffers, static_graph);
-        auto [msg, step] = run_with_a_skipped_step(variant, with_buffers, static_graph);
-        CAPTURE(msg);
+        torch::manual_seed(3);
+        const auto seen = ddp::test::run_with_a_skipped_step(pg, variant, with_buffers, static_graph);
+        const std::string& msg = seen.message;
+        CAPTURE(msg, seen.after);
         REQUIRE_FALSE(msg.empty());
-        CHECK((step == 2 || step == 3)); // the skipped step or the next one
+        CHECK((seen.step == 2 || seen.step == 3)); // the skipped step or the next one
         CHECK_THAT(msg, Contains(rank_tag(r)) && Contains("the ranks are out of step") && Contains("rank 0 is") &&
                             Contains("rank 1 is") && Contains("training step") && Contains("no_sync() on some ranks"));
+        // Sticky: the ranks stay out of step, so every later call says so again.
+        CHECK_THAT(seen.after, Contains("out of step"));
       }
     }
   }

@@ -5,7 +5,10 @@
 
 #include <torch/torch.h>
 
+#include <functional>
+#include <memory>
 #include <set>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -132,5 +135,77 @@ class FailingHook final : public ddp::CommHook {
   size_t bucket_;
   bool in_continuation_;
 };
+
+// What a rank saw when rank 1 did `variant` instead of step 2 of 5 training steps: the
+// first libddp error, the step it was raised at, and what the next forward said (the
+// error is sticky: the ranks stay out of step).
+struct SkipOutcome {
+  std::string message;
+  int step = -1;
+  std::string after;
+};
+inline SkipOutcome run_with_a_skipped_step(const std::shared_ptr<ProcessGroup>& pg, const std::string& variant,
+                                           bool with_buffers, bool static_graph) {
+  const int r = pg->rank();
+  SmallNet net(with_buffers);
+  ddp::Options o = short_timeout();
+  o.static_graph = static_graph;
+  ddp::DistributedDataParallel model(net, pg, o);
+  for (int step = 0; step < 5; ++step) {
+    try {
+      const bool odd = r == 1 && step == 2;
+      torch::Tensor x = torch::randn({4, 4});
+      if (odd && variant == "no_sync on one rank") {
+        auto guard = model.no_sync();
+        model(x).sum().backward();
+        continue;
+      }
+      if (odd && variant == "forward exception caught on one rank") {
+        net->fail_forward = true;
+        try {
+          model(x);
+        } catch (const Injected&) {
+        }
+        continue;
+      }
+      auto out = model(x);
+      if (odd && variant == "loss without the outputs on one rank") {
+        (torch::ones({1}, torch::requires_grad()) * 2).sum().backward();
+        continue;
+      }
+      out.sum().backward();
+    } catch (const ddp::ReductionError& e) {
+      SkipOutcome seen{e.what(), step, "no error"};
+      try {
+        model(torch::randn({4, 4}));
+      } catch (const ddp::Error& again) {
+        seen.after = again.what();
+      }
+      return seen;
+    }
+  }
+  return {};
+}
+
+// Ways one rank's own set-up can fail (rank 1 applies `break_rank1`), and what its
+// error says: every rank must raise it from the construction exchange.
+struct SetUpFailure {
+  std::string what;
+  std::function<void(torch::nn::Linear&, ddp::Options&)> break_rank1;
+  std::string expect;
+};
+inline std::vector<SetUpFailure> set_up_failures() {
+  return {
+      {"every parameter frozen",
+       [](torch::nn::Linear& lin, ddp::Options&) {
+         for (auto& p : lin->parameters()) p.requires_grad_(false);
+       },
+       "no parameter requires grad"},
+      {"bucket_cap_mb out of range", [](torch::nn::Linear&, ddp::Options& o) { o.bucket_cap_mb = 0; },
+       "Options::bucket_cap_mb = 0 is invalid"},
+      {"in_place_min_mb out of range", [](torch::nn::Linear&, ddp::Options& o) { o.in_place_min_mb = -3; },
+       "Options::in_place_min_mb = -3 is invalid"},
+  };
+}
 
 } // namespace ddp::test

@@ -173,52 +173,6 @@ TEST_CASE("thread ranks: models that differ across ranks give one clear error on
   }
 }
 
-namespace {
-struct SkipOutcome {
-  std::string message; // the first libddp error
-  int step = -1;       // the step it was raised at
-  std::string after;   // what the next forward said
-};
-
-// Runs 5 training steps; at step 2 rank 1 does `variant` instead of a normal step.
-SkipOutcome run_with_a_skipped_step(const PG& pg, const std::string& variant, bool with_buffers, bool static_graph) {
-  const int r = pg->rank();
-  SmallNet net(with_buffers);
-  ddp::Options o = short_timeout();
-  o.static_graph = static_graph;
-  ddp::DistributedDataParallel model(net, pg, o);
-  for (int step = 0; step < 5; ++step) {
-    try {
-      const bool odd = r == 1 && step == 2;
-      torch::Tensor x = torch::randn({4, 4});
-      if (odd && variant == "no_sync on one rank") {
-        auto guard = model.no_sync();
-        model(x).sum().backward();
-        continue;
-      }
-      if (odd && variant == "forward exception caught on one rank") {
-        net->fail_forward = true;
-        try {
-          model(x);
-        } catch (const Injected&) {
-        }
-        continue;
-      }
-      auto out = model(x);
-      if (odd && variant == "loss without the outputs on one rank") {
-        (torch::ones({1}, torch::requires_grad()) * 2).sum().backward();
-        continue;
-      }
-      out.sum().backward();
-    } catch (const ddp::ReductionError& e) {
-      // Sticky: the ranks stay out of step, so every later call says so again.
-      return {e.what(), step, error_of([&] { model(torch::randn({4, 4})); })};
-    }
-  }
-  return {};
-}
-} // namespace
-
 TEST_CASE("thread ranks: a rank that skips one reduction is named on every rank within one step", "[threads][misuse]") {
   for (int n : kWorlds) {
     for (const std::string variant :
@@ -227,11 +181,11 @@ TEST_CASE("thread ranks: a rank that skips one reduction is named on every rank 
         for (bool static_graph : {false, true}) {
           CAPTURE(n, variant, with_buffers, static_graph);
           auto results = run_ranks(n, [&](int, PG pg) {
-            return run_with_a_skipped_step(pg, variant, with_buffers, static_graph);
+            return ddp::test::run_with_a_skipped_step(pg, variant, with_buffers, static_graph);
           });
           require_values(results);
           for (const auto& r : results) {
-            const SkipOutcome& seen = *r.value;
+            const ddp::test::SkipOutcome& seen = *r.value;
             CAPTURE(r.rank, seen.message, seen.after);
             REQUIRE_FALSE(seen.message.empty());
             CHECK((seen.step == 2 || seen.step == 3)); // the skipped step or the next one
@@ -354,22 +308,8 @@ TEST_CASE("thread ranks: uneven inputs without Join: the rank with an extra batc
 }
 
 TEST_CASE("thread ranks: a rank whose own set-up fails is named on every rank at once", "[threads][misuse]") {
-  struct Case {
-    std::string what;
-    std::function<void(torch::nn::Linear&, ddp::Options&)> break_rank1;
-    std::string expect;
-  };
-  const std::vector<Case> cases = {
-      {"every parameter frozen",
-       [](torch::nn::Linear& lin, ddp::Options&) {
-         for (auto& p : lin->parameters()) p.requires_grad_(false);
-       },
-       "no parameter requires grad"},
-      {"an option out of range", [](torch::nn::Linear&, ddp::Options& o) { o.in_place_min_mb = -3; },
-       "Options::in_place_min_mb = -3 is invalid"},
-  };
   for (int n : kWorlds) {
-    for (const Case& c : cases) {
+    for (const auto& c : ddp::test::set_up_failures()) {
       CAPTURE(n, c.what);
       // A long timeout: a peer left waiting in the construction exchange would end in a
       // TimeoutError (not the InvalidArgumentError asserted) or in the runner's timeout.
