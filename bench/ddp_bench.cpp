@@ -181,8 +181,8 @@ std::shared_ptr<ddp::CommHook> make_comm_hook(const Config& cfg, const std::stri
   if (name == "bf16") return ddp::hooks::bf16_compress();
   if (name == "noop") return ddp::hooks::noop();
   ddp::hooks::PowerSGDOptions options;
-  options.matrix_approximation_rank = cfg.powersgd_rank;
-  options.start_powerSGD_iter = cfg.powersgd_start;
+  options.matrix_approximation_rank(cfg.powersgd_rank);
+  options.start_powerSGD_iter(cfg.powersgd_start);
   return ddp::hooks::powersgd(options);
 }
 
@@ -294,9 +294,9 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
     }
     if (is_ddp_mode(mode)) {
       ddp::Options mode_options = options;
-      if (mode == "ddp_fu") mode_options.find_unused_parameters = true;
-      auto model = std::make_shared<ddp::DistributedDataParallel<typename Holder::Impl>>(net->ptr(), pg, mode_options);
-      keep.push_back(model);
+      if (mode == "ddp_fu") mode_options.find_unused_parameters(true);
+      ddp::DistributedDataParallel<typename Holder::Impl> model(net->ptr(), pg, mode_options);
+      keep.push_back(model.ptr());
       if (!hook.empty()) {
         auto comm_hook = make_comm_hook(cfg, hook);
         t.comm_hook = comm_hook->name();
@@ -310,13 +310,13 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
           std::unique_ptr<ddp::Join<typename Holder::Impl>> join;
         };
         auto joined = std::make_shared<Joined>();
-        joined->join = std::make_unique<ddp::Join<typename Holder::Impl>>(*model);
-        joined->model = model;
+        joined->join = std::make_unique<ddp::Join<typename Holder::Impl>>(model);
+        joined->model = model.ptr();
         keep.push_back(joined);
       }
-      t.step = [model, opt, input, loss_fn](int i) {
+      t.step = [model, opt, input, loss_fn](int i) mutable {
         opt->zero_grad();
-        loss_fn((*model)(input), i).backward();
+        loss_fn(model(input), i).backward();
         opt->step();
       };
       t.reducer = [model] { return &model->reducer(); };
@@ -427,11 +427,11 @@ struct Bench {
 
   ddp::Options options(double cap_mb) const {
     ddp::Options o;
-    o.bucket_cap_mb = cap_mb;
-    o.first_bucket_cap_mb = cfg.first_bucket_cap_mb;
-    o.in_place_min_mb = cfg.in_place_min_mb;
-    o.find_unused_parameters = cfg.find_unused;
-    o.gradient_as_bucket_view = cfg.grad_as_bucket_view;
+    o.bucket_cap_mb(cap_mb);
+    o.first_bucket_cap_mb(cfg.first_bucket_cap_mb);
+    o.in_place_min_mb(cfg.in_place_min_mb);
+    o.find_unused_parameters(cfg.find_unused);
+    o.gradient_as_bucket_view(cfg.grad_as_bucket_view);
     return o;
   }
 

@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
   auto pg = ddp::init_process_group("auto");
   const int rank = pg->rank();
   ddp::Options options;
-  options.find_unused_parameters = args.find_unused;
+  options.find_unused_parameters(args.find_unused);
 
   torch::manual_seed(0);
   EncoderDecoder net;
@@ -186,12 +186,12 @@ int main(int argc, char** argv) {
     }
     loss.backward();
     opt.step();
-    unused_sets.insert(model.reducer().unused_parameters());
+    unused_sets.insert(model->reducer().unused_parameters());
     if (rank == 0 && !args.quiet) {
       std::printf("iteration %2d  loss %.4f  edges mean %.3f\n  unused on every rank: %s\n  unused on rank 0: %s\n", it,
                   loss.item<double>(), torch::sigmoid(outs["edges"]).mean().item<double>(),
-                  join(model.reducer().unused_parameters()).c_str(),
-                  join(model.reducer().locally_unused_parameters()).c_str());
+                  join(model->reducer().unused_parameters()).c_str(),
+                  join(model->reducer().locally_unused_parameters()).c_str());
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

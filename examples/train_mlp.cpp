@@ -36,8 +36,8 @@ std::shared_ptr<ddp::CommHook> make_hook(const std::string& name) {
   if (name == "bf16") return ddp::hooks::bf16_compress();
   if (name == "powersgd") {
     ddp::hooks::PowerSGDOptions options;
-    options.matrix_approximation_rank = 4;
-    options.start_powerSGD_iter = 10; // plain all-reduce while the loss falls fastest
+    options.matrix_approximation_rank(4);
+    options.start_powerSGD_iter(10); // plain all-reduce while the loss falls fastest
     return ddp::hooks::powersgd(options);
   }
   std::fprintf(stderr, "train_mlp: unknown --comm-hook '%s' (allreduce, fp16, bf16, powersgd)\n", name.c_str());
@@ -59,8 +59,8 @@ Result train(const std::shared_ptr<ddp::ProcessGroup>& pg, bool use_ddp, int ite
   const auto eval_y = torch::tanh(torch::matmul(eval_x, true_w));
   torch::manual_seed(42);
   Net net; // same initial weights on every rank (DDP would broadcast rank 0's anyway)
-  std::unique_ptr<ddp::DistributedDataParallel<NetImpl>> model;
-  if (use_ddp) model = std::make_unique<ddp::DistributedDataParallel<NetImpl>>(net, pg);
+  ddp::DistributedDataParallel<NetImpl> model = nullptr;
+  if (use_ddp) model = ddp::DistributedDataParallel<NetImpl>(net, pg);
   if (hook) model->register_comm_hook(hook); // once, before the first forward
   const char* label = hook ? "hook" : use_ddp ? "libddp" : "no DDP";
   torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
@@ -73,7 +73,7 @@ Result train(const std::shared_ptr<ddp::ProcessGroup>& pg, bool use_ddp, int ite
     auto y = torch::tanh(torch::matmul(x, true_w));
     const auto start = std::chrono::steady_clock::now();
     opt.zero_grad();
-    auto out = use_ddp ? (*model)(x) : net->forward(x);
+    auto out = use_ddp ? model(x) : net->forward(x);
     auto loss = torch::mse_loss(out, y);
     loss.backward();
     opt.step();

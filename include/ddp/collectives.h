@@ -27,4 +27,12 @@ void verify_same_tensors(ProcessGroup& process_group,
                          const std::vector<std::pair<std::string, at::Tensor>>& named,
                          const std::string& what);
 
+// Checks with one collective (an allgather of one checksum per tensor) that every rank
+// holds the same values in `named`; the ranks must already agree on the names and shapes
+// (verify_same_tensors). On a difference every rank throws ModelMismatchError naming the
+// first differing tensor as "<what> 'NAME'", the ranks whose values differ from rank 0's,
+// and `fix`, what the user should do. `what` names the list ("parameter", "state").
+void verify_same_values(ProcessGroup& process_group, const std::vector<std::pair<std::string, at::Tensor>>& named,
+                        const std::string& what, const std::string& fix);
+
 } // namespace ddp

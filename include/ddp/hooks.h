@@ -3,6 +3,8 @@
 // Reducer::register_comm_hook or DistributedDataParallel::register_comm_hook.
 #pragma once
 
+#include <torch/arg.h>
+
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
@@ -37,22 +39,22 @@ std::shared_ptr<CommHook> bf16_compress();
 // their defaults are PyTorch's.
 struct PowerSGDOptions {
   // r: the rank of the approximation (capped at min(n, m)).
-  int64_t matrix_approximation_rank = 1;
+  TORCH_ARG(int64_t, matrix_approximation_rank) = 1;
   // Plain all-reduce for the first iterations (the hook counts them): PowerSGD's error
   // feedback works best once the loss has settled a little.
-  int64_t start_powerSGD_iter = 1000;
+  TORCH_ARG(int64_t, start_powerSGD_iter) = 1000;
   // Compress a matrix only when n m > min_compression_rate * (n + m) r (as PyTorch).
-  double min_compression_rate = 2.0;
+  TORCH_ARG(double, min_compression_rate) = 2.0;
   // Add what the approximation left out to the next iteration's gradient (per rank).
-  bool use_error_feedback = true;
+  TORCH_ARG(bool, use_error_feedback) = true;
   // Start each iteration's Q from the last one's (one power iteration per step, better
   // approximations over time) instead of a new random matrix.
-  bool warm_start = true;
+  TORCH_ARG(bool, warm_start) = true;
   // Added to each column's norm before dividing by it (0: none; avoids 0/0 for all-zero
   // gradients).
-  double orthogonalization_epsilon = 0.0;
+  TORCH_ARG(double, orthogonalization_epsilon) = 0.0;
   // Seeds the initial Q matrices, the same on every rank.
-  uint64_t random_seed = 0;
+  TORCH_ARG(uint64_t, random_seed) = 0;
 };
 // Its state (state()/load_state()): "iteration", and per compressed parameter NAME
 // "q.NAME" and, with error feedback, "error.NAME" (the same parameters). Keyed by parameter

@@ -19,6 +19,8 @@
 // docs/semantics.md ("Uneven inputs: Join") has the protocol.
 #pragma once
 
+#include <torch/arg.h>
+
 #include <exception>
 #include <vector>
 
@@ -28,13 +30,13 @@ namespace ddp {
 
 struct JoinOptions {
   // false: Join does nothing (uneven inputs then end with the "rank N finished" error).
-  bool enable = true;
+  TORCH_ARG(bool, enable) = true;
   // Every rank raises ReductionError at the first step in which some rank has run out,
   // instead of shadowing it.
-  bool throw_on_early_termination = false;
+  TORCH_ARG(bool, throw_on_early_termination) = false;
   // true (PyTorch's default): gradients are divided by the world size, whatever the
   // number of ranks still active; false: by the number of active ranks.
-  bool divide_by_initial_world_size = true;
+  TORCH_ARG(bool, divide_by_initial_world_size) = true;
 };
 
 namespace detail {
@@ -45,17 +47,17 @@ void log_join_failure(const Reducer& reducer, const std::exception& error);
 template <typename Module>
 class Join {
  public:
-  explicit Join(DistributedDataParallel<Module>& model, JoinOptions options = {})
-      : model_(&model), options_(options), exceptions_(std::uncaught_exceptions()) {
-    if (options_.enable) {
-      model_->reducer().arm_join(options_.throw_on_early_termination, options_.divide_by_initial_world_size);
+  explicit Join(const DistributedDataParallel<Module>& model, JoinOptions options = {})
+      : model_(model.ptr()), options_(options), exceptions_(std::uncaught_exceptions()) {
+    if (options_.enable()) {
+      model_->reducer().arm_join(options_.throw_on_early_termination(), options_.divide_by_initial_world_size());
     }
   }
 
   // Joins unless join() was called; while an exception unwinds, only disarms (the other
   // ranks learn of this rank through the section headers).
   ~Join() {
-    if (done_ || !options_.enable) return;
+    if (done_ || !options_.enable()) return;
     if (std::uncaught_exceptions() > exceptions_) {
       model_->reducer().disarm_join();
       return;
@@ -72,7 +74,7 @@ class Join {
   // This rank has no more batches: shadows the active ranks until every rank has joined,
   // then takes the last active rank's parameters and buffers. Collective.
   void join() {
-    if (done_ || !options_.enable) return;
+    if (done_ || !options_.enable()) return;
     done_ = true;
     torch::nn::Module& module = *model_->module();
     std::vector<at::Tensor> state;
@@ -84,7 +86,7 @@ class Join {
   bool joined() const { return done_; }
 
  private:
-  DistributedDataParallel<Module>* model_;
+  std::shared_ptr<DistributedDataParallelImpl<Module>> model_;
   JoinOptions options_;
   int exceptions_;
   bool done_ = false;

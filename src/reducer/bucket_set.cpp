@@ -31,17 +31,17 @@ BucketSet::BucketSet(const std::vector<at::Tensor>& parameters, const std::vecto
       scale_value_(1.0 / world_size) {}
 
 size_t BucketSet::in_place_min_bytes() const {
-  if (options_.gradient_as_bucket_view) return 0; // .grad is the bucket already
-  if (options_.in_place_min_mb < 0) {
+  if (options_.gradient_as_bucket_view()) return 0; // .grad is the bucket already
+  if (options_.in_place_min_mb() < 0) {
     return parameters_.front().device().is_cpu() ? mib_to_bytes(1.0) : 0;
   }
-  return mib_to_bytes(options_.in_place_min_mb);
+  return mib_to_bytes(options_.in_place_min_mb());
 }
 
 void BucketSet::build(const std::vector<size_t>& order) {
   auto assignment = assign_buckets(
       parameters_, order,
-      {mib_to_bytes(options_.first_bucket_cap_mb), mib_to_bytes(options_.bucket_cap_mb), in_place_min_bytes()});
+      {mib_to_bytes(options_.first_bucket_cap_mb()), mib_to_bytes(options_.bucket_cap_mb()), in_place_min_bytes()});
   std::vector<std::unique_ptr<Bucket>> buckets;
   std::vector<Slot> slots(parameters_.size());
   int64_t bytes = 0;
@@ -50,7 +50,7 @@ void BucketSet::build(const std::vector<size_t>& order) {
     buckets.push_back(std::make_unique<Bucket>(std::move(assignment[b]), parameters_));
     bytes += static_cast<int64_t>(buckets.back()->bytes());
   }
-  if (options_.gradient_as_bucket_view && !buckets_.empty()) {
+  if (options_.gradient_as_bucket_view() && !buckets_.empty()) {
     for (size_t i = 0; i < parameters_.size(); ++i) {
       at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
       const Slot& old_slot = slots_[i];
@@ -143,7 +143,7 @@ std::optional<std::string> BucketSet::copy_gradient(size_t index) {
     bucket.set_in_place(owned);
     return std::nullopt;
   }
-  if (options_.gradient_as_bucket_view && grad.is_alias_of(slot_view)) {
+  if (options_.gradient_as_bucket_view() && grad.is_alias_of(slot_view)) {
     if (world_size_ > 1) slot_view.mul_(scale_);
   } else {
     // Copy and pre-divide in one pass.
@@ -186,7 +186,7 @@ void BucketSet::write_back(const std::vector<int64_t>& used_by, bool all_used) {
     if (buckets_[s.bucket]->in_place()) continue; // .grad holds the average already
     const at::Tensor& slot_view = buckets_[s.bucket]->view(s.position);
     at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
-    if (options_.gradient_as_bucket_view) {
+    if (options_.gradient_as_bucket_view()) {
       if (!grad.defined() || !grad.is_alias_of(slot_view)) grad = slot_view;
     } else if (grad.defined()) {
       copy_scaled(grad, slot_view, 1.0);

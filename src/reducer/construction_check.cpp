@@ -30,14 +30,17 @@ std::vector<ConsistencyItem> construction_items(const Options& o, const Reducer:
                                                 const Reducer::NamedParameters& buffers) {
   using Kind = ConsistencyItem::Kind;
   std::vector<ConsistencyItem> items = {
-      {Kind::kOption, "bucket_cap_mb", fmt::format("{}", o.bucket_cap_mb)},
-      {Kind::kOption, "first_bucket_cap_mb", fmt::format("{}", o.first_bucket_cap_mb)},
-      {Kind::kOption, "in_place_min_mb", fmt::format("{}", o.in_place_min_mb)},
-      {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view ? "true" : "false"},
-      {Kind::kOption, "broadcast_buffers", o.broadcast_buffers ? "true" : "false"},
-      {Kind::kOption, "static_graph", o.static_graph ? "true" : "false"},
+      {Kind::kOption, "bucket_cap_mb", fmt::format("{}", o.bucket_cap_mb())},
+      {Kind::kOption, "first_bucket_cap_mb", fmt::format("{}", o.first_bucket_cap_mb())},
+      {Kind::kOption, "in_place_min_mb", fmt::format("{}", o.in_place_min_mb())},
+      {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view() ? "true" : "false"},
+      {Kind::kOption, "broadcast_buffers", o.broadcast_buffers() ? "true" : "false"},
+      {Kind::kOption, "static_graph", o.static_graph() ? "true" : "false"},
+      // A rank that broadcasts its state while another checks checksums would pair a
+      // broadcast with an allgather.
+      {Kind::kOption, "init_sync", o.init_sync() ? "true" : "false"},
       // Strict and deferred ranks would go on differently after a rank's error.
-      {Kind::kOption, "step_check", step_check_name(o.step_check)},
+      {Kind::kOption, "step_check", step_check_name(o.step_check())},
   };
   for (const auto& [name, t] : parameters) {
     items.push_back({Kind::kParameter, name, t.defined() ? describe_tensor(t, !t.requires_grad()) : "undefined"});
@@ -98,13 +101,13 @@ Options ConstructionCheck::resolve(Options options, int rank) {
     return InvalidArgumentError(
         fmt::format("[ddp rank {}] Options::{} = {} is invalid: it must be {}", rank, field, value, rule));
   };
-  if (!(options.bucket_cap_mb > 0)) throw bad("bucket_cap_mb", options.bucket_cap_mb, "> 0 (MiB)");
-  if (!(options.first_bucket_cap_mb > 0)) throw bad("first_bucket_cap_mb", options.first_bucket_cap_mb, "> 0 (MiB)");
-  if (!(options.in_place_min_mb >= 0 || options.in_place_min_mb == -1.0)) {
-    throw bad("in_place_min_mb", options.in_place_min_mb, ">= 0 (MiB), or -1 for the default");
+  if (!(options.bucket_cap_mb() > 0)) throw bad("bucket_cap_mb", options.bucket_cap_mb(), "> 0 (MiB)");
+  if (!(options.first_bucket_cap_mb() > 0)) throw bad("first_bucket_cap_mb", options.first_bucket_cap_mb(), "> 0 (MiB)");
+  if (!(options.in_place_min_mb() >= 0 || options.in_place_min_mb() == -1.0)) {
+    throw bad("in_place_min_mb", options.in_place_min_mb(), ">= 0 (MiB), or -1 for the default");
   }
-  if (options.timeout.count() <= 0) {
-    throw bad("timeout", static_cast<double>(options.timeout.count()), "> 0 milliseconds");
+  if (options.timeout().count() <= 0) {
+    throw bad("timeout", static_cast<double>(options.timeout().count()), "> 0 milliseconds");
   }
   // DDP_TIMEOUT_S replaces the default timeout (a timeout set in code wins); DDP_TIMELINE
   // and DDP_STEP_CHECK replace their fields whenever set (docs/configuration.md). A bad

@@ -93,7 +93,7 @@ void Reducer::Impl::finalize() {
   const bool all_ok = read_used_by(local_used, read_later);
   // A parameter no rank used keeps its .grad untouched.
   if (all_ok) buckets_.write_back(unused_.used_by(), /*all_used=*/read_later);
-  if (options.static_graph && !static_graph_.learned) {
+  if (options.static_graph() && !static_graph_.learned) {
     static_graph_.local_used = local_used;
     static_graph_.used_by = unused_.used_by();
     static_graph_.learned = true;
@@ -156,7 +156,7 @@ void Reducer::Impl::check_lost_gradients() {
 
 void Reducer::Impl::check_static_graph(const std::vector<char>& local_used, int64_t iteration) {
   // A Join shadow uses no parameter by design: not a changed static graph.
-  if (!options.static_graph || !static_graph_.learned || join_.shadowing()) return;
+  if (!options.static_graph() || !static_graph_.learned || join_.shadowing()) return;
   for (size_t i = 0; i < parameters.size(); ++i) {
     if (static_graph_.local_used[i] && !local_used[i]) {
       record_error(fmt::format(
@@ -177,7 +177,7 @@ bool Reducer::Impl::can_read_later(const std::vector<char>& local_used, int64_t 
   // this step).
   const bool used_everything = std::all_of(local_used.begin(), local_used.end(), [](char used) { return used != 0; });
   return step_check_.deferred() && world_size_ > 1 && used_everything && iteration > 0 && pending_error_.empty() &&
-         (!options.static_graph || static_graph_.learned);
+         (!options.static_graph() || static_graph_.learned);
 }
 
 void Reducer::Impl::issue_flags(const std::vector<char>& local_used, bool read_later) {
@@ -204,7 +204,7 @@ std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_
       if (read_later && on_stream) {
         work.wait(); // a stream wait: the copies back below follow it on the GPU
       } else {
-        work.wait(options.timeout);
+        work.wait(options.timeout());
       }
       // A collective waited for on the stream only may not have finished yet: its end is
       // not known on the host, so the timeline leaves it out.
@@ -215,7 +215,7 @@ std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_
     }
     const auto& flags = status_row_.work();
     if (flags && !read_later) {
-      flags->wait(options.timeout);
+      flags->wait(options.timeout());
       timeline.record(Timeline::Kind::kUsedFlags, -1, iteration, flags->start_time(), flags->end_time());
     }
   } catch (...) {
@@ -238,7 +238,7 @@ bool Reducer::Impl::read_used_by(const std::vector<char>& local_used, bool read_
   } else {
     StatusRow::decode(status_row_.gathered(), n, world_size_, used_by, statuses);
   }
-  if (options.static_graph && static_graph_.learned && !read_later) used_by = static_graph_.used_by;
+  if (options.static_graph() && static_graph_.learned && !read_later) used_by = static_graph_.used_by;
   return StatusRow::all_ok(statuses);
 }
 
@@ -257,7 +257,7 @@ void Reducer::Impl::share_ready_order(std::unique_lock<std::mutex>& lock, bool a
     lock.unlock(); // the broadcast waits on the network
     std::exception_ptr failure;
     try {
-      process_group->broadcast(on_device, 0)->wait(options.timeout);
+      process_group->broadcast(on_device, 0)->wait(options.timeout());
     } catch (...) {
       failure = std::current_exception();
     }
@@ -322,7 +322,7 @@ void Reducer::Impl::check_flags(const StepCheck::PendingRead& read) {
                     rank_prefix(), read.step, describe_failures(statuses, rows)),
         /*paired_wrongly=*/false);
   }
-  if (options.static_graph && static_graph_.learned) used_by = static_graph_.used_by;
+  if (options.static_graph() && static_graph_.learned) used_by = static_graph_.used_by;
   unused_.record(used_by, read.iteration);
   // A read is deferred only when this rank used every parameter in that backward.
   unused_.report(used_by, rows, std::vector<char>(n, 1), read.iteration, options);

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <ostream>
 
 #include <ddp/collectives.h>
 #include <ddp/distributed_data_parallel.h>
@@ -14,6 +15,10 @@
 #include "reducer/reducer_impl.h"
 
 namespace ddp::detail {
+
+const char* const kInitSyncFix =
+    "give every rank the same initial state (the same seed before building the module, or the same checkpoint "
+    "loaded on every rank), or leave init_sync at true so that rank 0's state is broadcast.";
 
 Reducer::NamedParameters named_parameters(const torch::nn::Module& module) {
   Reducer::NamedParameters out;
@@ -43,6 +48,54 @@ void broadcast_module_state(ProcessGroup& process_group, torch::nn::Module& modu
     if (b.defined()) tensors.push_back(b);
   }
   broadcast_coalesced(process_group, tensors, /*root=*/0);
+}
+
+void verify_module_state(ProcessGroup& process_group, const torch::nn::Module& module) {
+  auto named = named_parameters(module);
+  for (auto& item : named_buffers(module)) named.push_back(std::move(item));
+  verify_same_values(process_group, named, "Options::init_sync(false), but the ranks did not start alike: tensor",
+                     kInitSyncFix);
+}
+
+void mirror_module(torch::nn::Module& wrapper, const torch::nn::Module& module) {
+  for (const auto& item : module.named_parameters(/*recurse=*/false)) {
+    const at::Tensor& p = item.value();
+    wrapper.register_parameter(item.key(), p, p.defined() && p.requires_grad());
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/false)) wrapper.register_buffer(item.key(), item.value());
+  for (const auto& item : module.named_children()) wrapper.register_module(item.key(), item.value());
+}
+
+void throw_to_after_wrapping(const Reducer& reducer) {
+  throw InvalidArgumentError(fmt::format(
+      "[ddp rank {}] DistributedDataParallel::to() after wrapping: the reducer's hooks and buckets are bound to each "
+      "parameter's device and dtype. Move the module first (net->to(device)), then wrap it.",
+      reducer.process_group()->rank()));
+}
+
+void throw_load_after_wrapping(const Reducer& reducer) {
+  throw InvalidArgumentError(fmt::format(
+      "[ddp rank {}] torch::load into a DistributedDataParallel: loading after wrapping would change this rank's "
+      "parameters behind the other ranks' backs. Load into the module before wrapping it (torch::load(net, path); "
+      "then ddp::DistributedDataParallel(net, group)), on every rank or on rank 0 only: wrapping hands rank 0's "
+      "state to every rank (docs/checkpoints.md).",
+      reducer.process_group()->rank()));
+}
+
+void throw_clone(const Reducer& reducer) {
+  throw InvalidArgumentError(fmt::format(
+      "[ddp rank {}] clone() of a DistributedDataParallel: a copy would share no reducer. Clone the wrapped module "
+      "(model->module()->clone()) and wrap the copy, on every rank.",
+      reducer.process_group()->rank()));
+}
+
+void print_wrapper(std::ostream& stream, const Reducer& reducer) {
+  const Options& o = reducer.options();
+  stream << fmt::format(
+      "ddp::DistributedDataParallel(world_size={}, backend={}, bucket_cap_mb={}, find_unused_parameters={}, "
+      "static_graph={})",
+      reducer.process_group()->size(), reducer.process_group()->backend(), o.bucket_cap_mb(),
+      o.find_unused_parameters(), o.static_graph());
 }
 
 namespace {

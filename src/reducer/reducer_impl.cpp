@@ -63,8 +63,8 @@ std::vector<at::Tensor> tensors_of(const Reducer::NamedParameters& named) {
 }
 
 bool deferred_step_check(const Options& options, const c10::Device& comm_device) {
-  if (options.step_check == Options::StepCheck::kAuto) return comm_device.is_cuda();
-  return options.step_check == Options::StepCheck::kDeferred;
+  if (options.step_check() == Options::StepCheck::kAuto) return comm_device.is_cuda();
+  return options.step_check() == Options::StepCheck::kDeferred;
 }
 
 } // namespace
@@ -78,15 +78,15 @@ Reducer::Impl::Impl(detail::ConstructionCheck::Result checked, std::shared_ptr<P
       parameters(tensors_of(checked.trainable)),
       process_group(std::move(group)),
       options(std::move(checked.options)),
-      timeline(!options.timeline_path.empty()),
+      timeline(!options.timeline_path().empty()),
       rank_(process_group->rank()),
       world_size_(process_group->size()),
       snapshot_(parameters),
-      step_check_(process_group, deferred_step_check(options, process_group->device()), options.timeout, stats),
+      step_check_(process_group, deferred_step_check(options, process_group->device()), options.timeout(), stats),
       status_row_(process_group, parameters.size()),
       buckets_(parameters, names, snapshot_.shapes(), options, rank_, world_size_, stats),
-      hook_runner_(process_group, rank_, process_group->device().is_cuda(), options.timeout),
-      recovery_({step_check_, buckets_, hook_runner_, status_row_, stats}, rank_, world_size_, options.timeout),
+      hook_runner_(process_group, rank_, process_group->device().is_cuda(), options.timeout()),
+      recovery_({step_check_, buckets_, hook_runner_, status_row_, stats}, rank_, world_size_, options.timeout()),
       unused_(names, rank_, world_size_) {
   const size_t n = parameters.size();
   marks_.marked.assign(n, 0);
@@ -141,9 +141,9 @@ Reducer::Impl::~Impl() {
                   e.what());
     }
   }
-  if (timeline.enabled() && !options.timeline_path.empty()) {
+  if (timeline.enabled() && !options.timeline_path().empty()) {
     try {
-      write_timeline(options.timeline_path);
+      write_timeline(options.timeline_path());
     } catch (const std::exception& e) {
       detail::log(detail::LogLevel::kError, rank_, "{}", e.what());
     }
@@ -269,7 +269,7 @@ void Reducer::Impl::join(const std::function<std::vector<at::Tensor>()>& buffers
     extra_backward_ = false;
     step_check_.count_step();
     buckets_.rebuild_if_due();
-    if (options.broadcast_buffers) {
+    if (options.broadcast_buffers()) {
       std::vector<at::Tensor> tensors = buffers();
       if (!tensors.empty()) {
         step_check_.exchange(StepCheck::Section::kModuleState);
@@ -392,11 +392,11 @@ void Reducer::Impl::prepare_for_backward(const std::vector<at::Tensor>& outputs)
   // collective could read the slots before the zeros land. Their buckets launch at the
   // first hook too, once backward has really started: a forward that is never
   // backpropagated must not leave collectives behind.
-  if (options.static_graph && static_graph_.learned) {
+  if (options.static_graph() && static_graph_.learned) {
     for (size_t i = 0; i < parameters.size(); ++i) {
       if (!static_graph_.local_used[i]) marks_.marked_early[i] = 1;
     }
-  } else if (options.find_unused_parameters) {
+  } else if (options.find_unused_parameters()) {
     const auto start = Clock::now();
     stats.graph_walk_nodes = static_cast<int64_t>(gradient_hooks_.walk(outputs, marks_.reachable));
     for (size_t i = 0; i < parameters.size(); ++i) {
@@ -461,7 +461,9 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
           "{} parameter '{}' received a gradient, but the reducer was not prepared for this backward. With "
           "ddp::Reducer directly, call prepare_for_forward() before and prepare_for_backward(outputs) after each "
           "forward. With DistributedDataParallel, run the forward through the wrapper (model(x), not "
-          "model.module()->forward(x)).",
+          "model->module()->forward(x)), in train mode: a forward after model->eval() is evaluation only and is not "
+          "reduced (call model->train() first; keep a submodule such as BatchNorm in eval mode with "
+          "model->module()->bn->eval()).",
           rank_prefix(), names[index]));
     case Phase::kFinalized:
       if (extra_backward_) {
@@ -476,8 +478,9 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
       throw ReductionError(fmt::format(
           "{} parameter '{}' received a gradient from a backward whose forward did not run through the wrapper: the "
           "gradients of training step {} were already reduced and no output of a later forward through the wrapper "
-          "was reached. Run the forward as model(x), not model.module()->forward(x) or a submodule called "
-          "directly (for a forward that must not be reduced use no_sync()). A nested (reentrant) backward, as in "
+          "was reached. Run the forward as model(x), not model->module()->forward(x) or a submodule called "
+          "directly (for a forward that must not be reduced use no_sync()), and in train mode: a forward after "
+          "model->eval() is evaluation only and is not reduced (call model->train() first). A nested (reentrant) backward, as in "
           "reentrant activation checkpointing, ends the reduction early the same way: use non-reentrant "
           "checkpointing.",
           rank_prefix(), names[index], step_check_.step()));
@@ -488,7 +491,7 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
       break;
   }
   if (marks_.marked[index]) {
-    if (marks_.marked_early[index] && options.static_graph && static_graph_.learned) {
+    if (marks_.marked_early[index] && options.static_graph() && static_graph_.learned) {
       record_error(fmt::format(
           "{} static_graph=true, but parameter '{}' received a gradient in iteration {} and none in the first "
           "iteration: the graph changed. Set Options::static_graph = false for models whose used parameters vary.",

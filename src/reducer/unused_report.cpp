@@ -49,7 +49,7 @@ std::optional<std::string> UnusedReport::message(const std::vector<int64_t>& use
   if (!global.empty()) message += fmt::format("; on every rank (their .grad is left untouched): {}", names_of(global));
   if (!partial.empty()) message += fmt::format("; on some ranks (they contributed zeros): {}", partial_text);
   message += ". The gradients are correct. ";
-  if (!options.find_unused_parameters && !options.static_graph) {
+  if (!options.find_unused_parameters() && !options.static_graph()) {
     message += "For an earlier launch of their buckets set Options::find_unused_parameters = true. ";
   }
   message += "If they are never needed, remove them or freeze them (requires_grad_(false)); register non-trainable "

@@ -66,7 +66,7 @@ void check_against_oracle(ddp::Options options, torch::Dtype dtype, std::shared_
   oracle->to(device, dtype);
   local->to(device, dtype);
   ddp::DistributedDataParallel model(local, pg, options);
-  if (hook) model.register_comm_hook(hook);
+  if (hook) model->register_comm_hook(hook);
   torch::optim::SGD opt(local->parameters(), 0.1);
   torch::optim::SGD oracle_opt(oracle->parameters(), 0.1);
   for (int it = 0; it < 3; ++it) {
@@ -101,8 +101,8 @@ TEST_CASE("CUDA: DDP gradients equal single-process autograd", "[gpu][reducer]")
   for (double cap : {1e-6, 25.0}) {
     CAPTURE(cap);
     ddp::Options o = ddp::test::test_options();
-    o.first_bucket_cap_mb = cap;
-    o.bucket_cap_mb = cap;
+    o.first_bucket_cap_mb(cap);
+    o.bucket_cap_mb(cap);
     check_against_oracle<ddp::test::Mlp>(o, torch::kFloat);
   }
 }
@@ -120,13 +120,13 @@ TEST_CASE("CUDA: communication hooks on the GPU (allreduce, fp16, bf16)", "[gpu]
 
 TEST_CASE("CUDA: PowerSGD trains with the same parameters on every rank", "[gpu][reducer][hooks]") {
   ddp::hooks::PowerSGDOptions options;
-  options.matrix_approximation_rank = 2;
-  options.start_powerSGD_iter = 0;
+  options.matrix_approximation_rank(2);
+  options.start_powerSGD_iter(0);
   auto hook = ddp::hooks::powersgd(options);
   ddp::test::Mlp net;
   net->to(ddp::test::world_device());
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), ddp::test::test_options());
-  model.register_comm_hook(hook);
+  model->register_comm_hook(hook);
   torch::optim::SGD opt(net->parameters(), 0.1);
   for (int it = 0; it < 4; ++it) {
     torch::manual_seed(70 + it + 10 * ddp::test::world_ptr()->rank());
@@ -140,12 +140,12 @@ TEST_CASE("CUDA: PowerSGD trains with the same parameters on every rank", "[gpu]
     }
     opt.step();
   }
-  CHECK(model.reducer().stats().hook_bytes_per_iteration < model.reducer().stats().bytes_per_iteration);
+  CHECK(model->reducer().stats().hook_bytes_per_iteration < model->reducer().stats().bytes_per_iteration);
 }
 
 TEST_CASE("CUDA: gradient_as_bucket_view makes .grad alias the bucket", "[gpu][reducer]") {
   ddp::Options o = ddp::test::test_options();
-  o.gradient_as_bucket_view = true;
+  o.gradient_as_bucket_view(true);
   check_against_oracle<ddp::test::Mlp>(o, torch::kFloat);
   ddp::test::Mlp net;
   net->to(ddp::test::world_device());
@@ -175,12 +175,12 @@ TEST_CASE("CUDA: unused parameters keep .grad untouched and are named", "[gpu][r
   net->to(ddp::test::world_device());
   for (bool find_unused : {false, true}) {
     ddp::Options o = ddp::test::test_options();
-    o.find_unused_parameters = find_unused;
+    o.find_unused_parameters(find_unused);
     for (auto& p : net->parameters()) p.mutable_grad() = torch::Tensor();
     ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), o);
     auto outs = model(torch::ones({2, 4}, torch::TensorOptions().device(ddp::test::world_device())));
     outs[0].sum().backward(); // b returned but unused
-    CHECK(model.reducer().unused_parameters() == std::vector<std::string>{"b.weight", "b.bias"});
+    CHECK(model->reducer().unused_parameters() == std::vector<std::string>{"b.weight", "b.bias"});
     CHECK_FALSE(net->b->weight.grad().defined());
     CHECK(torch::allclose(net->a->bias.grad().cpu(), torch::full({4}, 2.0)));
   }

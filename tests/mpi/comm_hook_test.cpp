@@ -74,8 +74,8 @@ std::vector<torch::Tensor> my_gradients(const std::vector<torch::Tensor>& params
 // Tiny caps: one parameter per bucket, so bucket indices mean something.
 ddp::Options small_buckets() {
   ddp::Options o = ddp::test::test_options();
-  o.first_bucket_cap_mb = 1e-5;
-  o.bucket_cap_mb = 1e-5;
+  o.first_bucket_cap_mb(1e-5);
+  o.bucket_cap_mb(1e-5);
   return o;
 }
 
@@ -137,10 +137,10 @@ TEST_CASE("fp16 and bf16 compression: each gradient within the format's rounding
 // rank-r structure, to the next step's gradient; the checkpoint and training tests cover it).
 ddp::hooks::PowerSGDOptions plain_powersgd(int64_t rank) {
   ddp::hooks::PowerSGDOptions options;
-  options.matrix_approximation_rank = rank;
-  options.start_powerSGD_iter = 0;
-  options.warm_start = false;
-  options.use_error_feedback = false;
+  options.matrix_approximation_rank(rank);
+  options.start_powerSGD_iter(0);
+  options.warm_start(false);
+  options.use_error_feedback(false);
   return options;
 }
 
@@ -238,8 +238,8 @@ TEST_CASE("PowerSGD reproduces rank-r averages in place and in same-shape batche
 
 TEST_CASE("PowerSGD keeps its state by parameter name", "[hooks]") {
   ddp::hooks::PowerSGDOptions options;
-  options.matrix_approximation_rank = 2;
-  options.start_powerSGD_iter = 0;
+  options.matrix_approximation_rank(2);
+  options.start_powerSGD_iter(0);
   auto hook = ddp::hooks::powersgd(options);
   Hooked hooked(hook);
   auto& tensors = hooked.tensors;
@@ -276,10 +276,10 @@ TEST_CASE("the allreduce hook gives the reducer's own gradients bit for bit, wit
       Params params;
       auto tensors = params.tensors();
       ddp::Options o = small_buckets();
-      o.find_unused_parameters = c.find_unused;
-      o.gradient_as_bucket_view = c.as_view;
-      o.static_graph = c.static_graph;
-      o.in_place_min_mb = c.in_place_min_mb;
+      o.find_unused_parameters(c.find_unused);
+      o.gradient_as_bucket_view(c.as_view);
+      o.static_graph(c.static_graph);
+      o.in_place_min_mb(c.in_place_min_mb);
       ddp::Reducer reducer(params.named, ddp::test::world_ptr(), o);
       if (with_hook) reducer.register_comm_hook(ddp::hooks::allreduce());
       for (int it = 0; it < 3; ++it) {
@@ -458,8 +458,8 @@ TEST_CASE("register_comm_hook: once, before the first forward, the same hook on 
 
 TEST_CASE("PowerSGD state survives a checkpoint: a restored hook goes on as the original", "[hooks]") {
   ddp::hooks::PowerSGDOptions options;
-  options.matrix_approximation_rank = 2;
-  options.start_powerSGD_iter = 1;
+  options.matrix_approximation_rank(2);
+  options.start_powerSGD_iter(1);
   // Trains `steps` steps from `start`; with `restore`, loads it into a new hook first.
   auto train = [&](const std::vector<torch::Tensor>& initial, int start, int steps, const std::string* restore,
                    std::string* save) {
@@ -528,8 +528,8 @@ TEST_CASE("Join with a hook: uneven inputs end with the same parameters on every
   const int n = world().size();
   const int rank = world().rank();
   ddp::hooks::PowerSGDOptions powersgd;
-  powersgd.matrix_approximation_rank = 2;
-  powersgd.start_powerSGD_iter = 0;
+  powersgd.matrix_approximation_rank(2);
+  powersgd.start_powerSGD_iter(0);
   std::vector<std::pair<std::string, std::function<std::shared_ptr<ddp::CommHook>()>>> hooks = {
       {"none", [] { return nullptr; }},
       {"allreduce", [] { return ddp::hooks::allreduce(); }},
@@ -542,7 +542,7 @@ TEST_CASE("Join with a hook: uneven inputs end with the same parameters on every
     torch::manual_seed(5);
     ddp::test::Mlp local;
     ddp::DistributedDataParallel model(local, ddp::test::world_ptr(), ddp::test::test_options());
-    if (auto hook = make()) model.register_comm_hook(hook);
+    if (auto hook = make()) model->register_comm_hook(hook);
     torch::optim::SGD opt(local->parameters(), 0.1);
     const int batches = rank == n - 1 ? 2 : 5;
     {
@@ -572,7 +572,7 @@ TEST_CASE("Join with a hook: uneven inputs end with the same parameters on every
 TEST_CASE("PowerSGD: a parameter unused on every rank for a while is averaged once it is used", "[hooks]") {
   const int n = world().size();
   ddp::hooks::PowerSGDOptions options;
-  options.start_powerSGD_iter = 1;
+  options.start_powerSGD_iter(1);
   auto hook = ddp::hooks::powersgd(options);
   Hooked hooked(hook);
   auto& tensors = hooked.tensors;

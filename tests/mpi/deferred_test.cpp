@@ -17,8 +17,8 @@ namespace {
 
 ddp::Options deferred_options() {
   ddp::Options o = ddp::test::test_options();
-  o.step_check = ddp::Options::StepCheck::kDeferred;
-  o.timeout = std::chrono::seconds(10);
+  o.step_check(ddp::Options::StepCheck::kDeferred);
+  o.timeout(std::chrono::seconds(10));
   return o;
 }
 
@@ -72,9 +72,9 @@ TEST_CASE("deferred step check: gradients equal the oracle, and the backward doe
     oracle_opt.step();
   }
   // Iteration 0 reads its flags (it learns the bucket order); every later one defers.
-  CHECK(model.reducer().stats().deferred_flag_reads == kIterations - 1);
+  CHECK(model->reducer().stats().deferred_flag_reads == kIterations - 1);
   // Asking for the unused parameters reads what is pending.
-  CHECK(model.reducer().unused_parameters().empty());
+  CHECK(model->reducer().unused_parameters().empty());
 }
 
 TEST_CASE("deferred step check: a parameter this rank did not use still gets the right gradient at once",
@@ -91,10 +91,10 @@ TEST_CASE("deferred step check: a parameter this rank did not use still gets the
   for (int it = 0; it < 3; ++it) {
     holder->zero_grad();
     auto x = torch::full({2, 4}, static_cast<float>(r + 1));
-    model.reducer().prepare_for_forward();
+    model->reducer().prepare_for_forward();
     auto out = used(x);
     if (r == 0) out = out + sometimes(x); // rank 0 only
-    model.reducer().prepare_for_backward({out});
+    model->reducer().prepare_for_backward({out});
     out.sum().backward();
     // Only rank 0 used it: the average over ranks is rank 0's gradient / world size.
     auto rank0 = torch::full({2, 4}, 1.0f).sum(0).unsqueeze(0).expand({3, 4}) / pg->size();
@@ -104,7 +104,7 @@ TEST_CASE("deferred step check: a parameter this rank did not use still gets the
   }
   // Rank 1 left `sometimes` without a gradient, so it read its flags every time; rank 0
   // used everything after the first iteration and deferred.
-  CHECK(model.reducer().stats().deferred_flag_reads == (r == 0 ? 2 : 0));
+  CHECK(model->reducer().stats().deferred_flag_reads == (r == 0 ? 2 : 0));
 }
 
 TEST_CASE("deferred step check: a rank that skips a reduction is named on every rank, and nothing hangs",
@@ -119,7 +119,7 @@ TEST_CASE("deferred step check: a rank that skips a reduction is named on every 
   for (int step = 0; step < 6 && error.empty(); ++step) {
     try {
       if (r == 1 && step == 2) {
-        auto guard = model.no_sync();
+        auto guard = model->no_sync();
         model(torch::randn({2, 4})).sum().backward();
         continue;
       }

@@ -38,7 +38,7 @@ TEST_CASE("parameters without requires_grad are skipped on every rank", "[errors
   torch::nn::Sequential net(torch::nn::Linear(3, 3), torch::nn::Linear(3, 2));
   net[0]->as<torch::nn::Linear>()->weight.requires_grad_(false);
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), ddp::test::test_options());
-  CHECK(model.reducer().parameter_names() == std::vector<std::string>{"0.bias", "1.weight", "1.bias"});
+  CHECK(model->reducer().parameter_names() == std::vector<std::string>{"0.bias", "1.weight", "1.bias"});
   model(torch::ones({2, 3})).sum().backward();
   CHECK_FALSE(net[0]->as<torch::nn::Linear>()->weight.grad().defined());
   CHECK(ddp::test::identical_across_ranks(net[1]->as<torch::nn::Linear>()->weight.grad()));
@@ -81,7 +81,7 @@ TEST_CASE("a rank late by more than the timeout: a clear TimeoutError, then the 
   auto pg = ddp::test::world_ptr();
   torch::nn::Linear net(4, 4);
   ddp::Options o = ddp::test::test_options();
-  o.timeout = std::chrono::milliseconds(1000);
+  o.timeout(std::chrono::milliseconds(1000));
   ddp::DistributedDataParallel model(net, pg, o);
   auto out = model(torch::ones({2, 4}));
   if (pg->rank() != 0) {

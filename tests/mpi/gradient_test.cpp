@@ -107,14 +107,14 @@ void check_equivalence(std::function<Holder()> make, ddp::Options options, std::
       CHECK(max_relative_error(params[i].value(), oracle_params[i].value()) <= param_tolerance);
     }
   }
-  CHECK(model.reducer().stats().iterations == iterations);
-  CHECK(model.reducer().unused_parameters().empty());
+  CHECK(model->reducer().stats().iterations == iterations);
+  CHECK(model->reducer().unused_parameters().empty());
 }
 
 ddp::Options with_caps(double first_mb, double cap_mb) {
   ddp::Options o = ddp::test::test_options();
-  o.first_bucket_cap_mb = first_mb;
-  o.bucket_cap_mb = cap_mb;
+  o.first_bucket_cap_mb(first_mb);
+  o.bucket_cap_mb(cap_mb);
   return o;
 }
 
@@ -147,7 +147,7 @@ TEST_CASE("gradients reduced in place in .grad (no bucket copies) equal the orac
   for (auto [first, cap] : {std::pair{1e-6, 1e-6}, std::pair{1.0, 25.0}}) {
     CAPTURE(first, cap);
     ddp::Options o = with_caps(first, cap);
-    o.in_place_min_mb = 1e-5;
+    o.in_place_min_mb(1e-5);
     check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false,
                                       ddp::test::MlpImpl::reduction_terms(kShard * world().size()));
   }
@@ -170,7 +170,7 @@ TEST_CASE("gradients reduced in place in .grad (no bucket copies) equal the orac
   auto net = std::make_shared<WideImpl>();
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), with_caps(1.0, 25.0));
   // b.weight (1 MiB) travels alone; the rest share buckets.
-  auto layout = model.reducer().bucket_layout();
+  auto layout = model->reducer().bucket_layout();
   CHECK(std::count(layout.begin(), layout.end(), std::vector<std::string>{"b.weight"}) == 1);
   net->b->weight.mutable_grad() = torch::zeros_like(net->b->weight);
   const void* storage = net->b->weight.grad().data_ptr();
@@ -183,12 +183,12 @@ TEST_CASE("bucket caps decide the number of buckets", "[grad]") {
   auto make = [] { return ddp::test::Mlp(); };
   ddp::test::Mlp tiny_net = make();
   ddp::DistributedDataParallel tiny(tiny_net, ddp::test::world_ptr(), with_caps(1e-6, 1e-6));
-  CHECK(tiny.reducer().stats().buckets == 6);
-  CHECK(tiny.reducer().bucket_layout().front() == std::vector<std::string>{"fc3.bias"});
+  CHECK(tiny->reducer().stats().buckets == 6);
+  CHECK(tiny->reducer().bucket_layout().front() == std::vector<std::string>{"fc3.bias"});
   ddp::test::Mlp huge_net = make();
   ddp::DistributedDataParallel huge(huge_net, ddp::test::world_ptr(), with_caps(1e4, 1e4));
-  CHECK(huge.reducer().stats().buckets == 1);
-  CHECK(huge.reducer().bucket_layout().front().size() == 6);
+  CHECK(huge->reducer().stats().buckets == 1);
+  CHECK(huge->reducer().bucket_layout().front().size() == 6);
 }
 
 TEST_CASE("CNN with BatchNorm: gradients equal the oracle, buffers come from rank 0", "[grad]") {
@@ -209,12 +209,12 @@ TEST_CASE("float32 and float64 parameters reduce in separate buckets, equal to t
   }
   ddp::test::MixedDtype net;
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), with_caps(1e4, 1e4));
-  CHECK(model.reducer().stats().buckets == 2); // one per dtype even with a huge cap
+  CHECK(model->reducer().stats().buckets == 2); // one per dtype even with a huge cap
 }
 
 TEST_CASE("gradient_as_bucket_view: .grad aliases the bucket and equals the oracle", "[grad]") {
   ddp::Options o = with_caps(1e-3, 1e-3);
-  o.gradient_as_bucket_view = true;
+  o.gradient_as_bucket_view(true);
   check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, o, {8}, 4, false,
                                     ddp::test::MlpImpl::reduction_terms(kShard * world().size()));
 }
@@ -246,7 +246,7 @@ TEST_CASE("broadcast_buffers sends rank 0's buffers before each forward", "[grad
     CHECK(net->scale[0].item<float>() == static_cast<float>(100 * it + 1));
   }
   ddp::Options off = ddp::test::test_options();
-  off.broadcast_buffers = false;
+  off.broadcast_buffers(false);
   WithBuffer net2;
   ddp::DistributedDataParallel model2(net2, ddp::test::world_ptr(), off);
   {
@@ -295,11 +295,11 @@ TEST_CASE("buckets are rebuilt once, in the observed ready order, the same on ev
   Reversed net;
   ddp::Options o = with_caps(1e-6, 1e-6); // one parameter per bucket: the layout is the order
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), o);
-  const auto initial = model.reducer().bucket_layout();
+  const auto initial = model->reducer().bucket_layout();
   CHECK(initial.front() == std::vector<std::string>{"first.bias"}); // reverse registration guess
   for (int it = 0; it < 3; ++it) model(torch::randn({2, 8})).sum().backward();
-  CHECK(model.reducer().stats().bucket_rebuilds == 1);
-  const auto rebuilt = model.reducer().bucket_layout();
+  CHECK(model->reducer().stats().bucket_rebuilds == 1);
+  const auto rebuilt = model->reducer().bucket_layout();
   // The backward reaches `last` first and `first` last.
   CHECK((rebuilt.front()[0] == "last.bias" || rebuilt.front()[0] == "last.weight"));
   CHECK((rebuilt.back()[0] == "first.weight" || rebuilt.back()[0] == "first.bias"));

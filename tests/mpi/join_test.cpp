@@ -35,7 +35,7 @@ int train_epoch(ddp::DistributedDataParallel<ddp::test::MlpImpl>& model, ddp::te
   const int n = pg->size();
   const int r = pg->rank();
   ddp::JoinOptions options;
-  options.divide_by_initial_world_size = divide_by_world;
+  options.divide_by_initial_world_size(divide_by_world);
   ddp::Join join(model, options);
   for (int b = 0; b < kBatches; ++b) {
     // The oracle takes this step on the batches of the ranks that still have one.
@@ -99,7 +99,7 @@ TEST_CASE("Join: uneven inputs train like one process on the batches processed, 
           CHECK(ddp::test::identical_across_ranks(p.value()));
           CHECK(ddp::test::max_relative_error(p.value(), oracle->named_parameters()[p.key()]) <= tolerance);
         }
-        CHECK(ddp::test::identical_across_ranks(torch::tensor(model.reducer().stats().iterations)));
+        CHECK(ddp::test::identical_across_ranks(torch::tensor(model->reducer().stats().iterations)));
       }
     }
   }
@@ -115,8 +115,8 @@ TEST_CASE("Join: buffers, find_unused_parameters, static_graph and no_sync under
     torch::nn::Sequential net(torch::nn::Linear(8, 6), torch::nn::BatchNorm1d(6), torch::nn::ReLU(),
                               torch::nn::Linear(6, 4));
     ddp::Options o = ddp::test::test_options();
-    o.find_unused_parameters = variant == 1;
-    o.static_graph = variant == 2;
+    o.find_unused_parameters(variant == 1);
+    o.static_graph(variant == 2);
     ddp::DistributedDataParallel model(net, pg, o);
     torch::optim::SGD opt(net->parameters(), 0.05);
     const int mine = r == n - 1 ? 2 : 5;
@@ -126,7 +126,7 @@ TEST_CASE("Join: buffers, find_unused_parameters, static_graph and no_sync under
         auto [x, y] = batch_of(7, r, b);
         if (b == 1) {
           // A micro-step under no_sync, then the synced one: the joined rank shadows both.
-          auto guard = model.no_sync();
+          auto guard = model->no_sync();
           torch::nn::functional::cross_entropy(model(x), y).backward();
         }
         torch::nn::functional::cross_entropy(model(x), y).backward();
@@ -157,7 +157,7 @@ TEST_CASE("Join: throw_on_early_termination raises on every rank at the same ste
   ddp::test::Mlp local;
   ddp::DistributedDataParallel model(local, pg, ddp::test::test_options());
   ddp::JoinOptions options;
-  options.throw_on_early_termination = true;
+  options.throw_on_early_termination(true);
   const int mine = r == 1 ? 2 : 4;
   std::string error;
   int error_step = -1;

@@ -13,7 +13,7 @@ TEST_CASE("a rank that dies mid-training ends the job instead of hanging it", "[
   torch::nn::Linear net(16, 16);
   ddp::DistributedDataParallel model(net, pg, ddp::test::test_options());
   model(torch::ones({2, 16})).sum().backward(); // one good iteration, reduced on every rank
-  REQUIRE(model.reducer().stats().iterations == 1);
+  REQUIRE(model->reducer().stats().iterations == 1);
   REQUIRE(ddp::test::identical_across_ranks(net->weight.grad()));
   auto out = model(torch::ones({2, 16}));
   if (pg->rank() == pg->size() - 1) {

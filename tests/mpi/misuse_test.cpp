@@ -38,12 +38,12 @@ TEST_CASE("options that shape the collectives must agree: every rank names the o
     std::string value;
   };
   const std::vector<Case> cases = {
-      {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb = 10; }, "10"},
-      {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb = 2; }, "2"},
-      {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view = true; }, "true"},
-      {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb = 0; }, "0"},
-      {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers = false; }, "false"},
-      {"static_graph", [](ddp::Options& o) { o.static_graph = true; }, "true"},
+      {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb(10); }, "10"},
+      {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb(2); }, "2"},
+      {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view(true); }, "true"},
+      {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb(0); }, "0"},
+      {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
+      {"static_graph", [](ddp::Options& o) { o.static_graph(true); }, "true"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.name);
@@ -134,7 +134,7 @@ TEST_CASE("a forward under NoGradGuard between a training forward and its backwa
     if (with_buffers) {
       out.sum().backward();
       CHECK(identical_across_ranks(lin->weight.grad()));
-      CHECK(model.reducer().stats().iterations == 1);
+      CHECK(model->reducer().stats().iterations == 1);
     } else {
       out.sum().backward();
       CHECK(at::allclose(lin->weight.grad(), average_linear_weight_grad(pg->size(), 3)));
@@ -212,7 +212,7 @@ TEST_CASE("Options::timeout = milliseconds::max() means no timeout, not an immed
   auto pg = ddp::test::world_ptr();
   torch::nn::Linear lin(4, 3);
   ddp::Options o = ddp::test::test_options();
-  o.timeout = std::chrono::milliseconds::max();
+  o.timeout(std::chrono::milliseconds::max());
   ddp::DistributedDataParallel model(lin, pg, o);
   CHECK_NOTHROW(model(input_of(pg->rank())).sum().backward());
   CHECK(at::allclose(lin->weight.grad(), average_linear_weight_grad(pg->size(), 3)));
@@ -227,7 +227,7 @@ TEST_CASE("messages name the real cause: module()->forward, a module wrapped twi
   // A later forward through the module itself: not a "second backward".
   const std::string msg = [&] {
     try {
-      model.module()->forward(input_of(r)).sum().backward();
+      model->module()->forward(input_of(r)).sum().backward();
     } catch (const ddp::ReductionError& e) {
       return std::string(e.what());
     }

@@ -14,7 +14,7 @@ TEST_CASE("no_sync accumulates locally and the next synced backward reduces the 
   torch::manual_seed(5);
   ddp::test::Mlp local;
   ddp::DistributedDataParallel model(local, pg, ddp::test::test_options());
-  const int64_t collectives_before = model.reducer().stats().collectives;
+  const int64_t collectives_before = model->reducer().stats().collectives;
   auto data = [n](int step) {
     torch::manual_seed(77 + step);
     return std::make_pair(torch::randn({4 * n, 8}), torch::randint(4, {4 * n}));
@@ -24,10 +24,10 @@ TEST_CASE("no_sync accumulates locally and the next synced backward reduces the 
     auto xs = x.narrow(0, 4 * r, 4);
     auto ys = y.narrow(0, 4 * r, 4);
     if (step < 2) {
-      auto guard = model.no_sync();
+      auto guard = model->no_sync();
       torch::nn::functional::cross_entropy(model(xs), ys).backward();
       // Nothing was communicated: the gradient is this rank's own.
-      CHECK(model.reducer().stats().collectives == collectives_before);
+      CHECK(model->reducer().stats().collectives == collectives_before);
     } else {
       torch::nn::functional::cross_entropy(model(xs), ys).backward();
     }
@@ -36,7 +36,7 @@ TEST_CASE("no_sync accumulates locally and the next synced backward reduces the 
           .backward();
     }
   }
-  CHECK(model.reducer().stats().collectives > collectives_before);
+  CHECK(model->reducer().stats().collectives > collectives_before);
   // One iteration (no step), whose weight gradients sum 3 micro-steps x 4 samples x n
   // ranks: Mlp's chain with that global batch (models.h), in float32.
   const double tolerance = ddp::test::reduction_tolerance(

@@ -40,12 +40,12 @@ TORCH_MODULE(SlowNet);
 TEST_CASE("the first bucket's collective completes while backward is still running", "[overlap]") {
   SlowNet net;
   ddp::Options o = ddp::test::test_options();
-  o.first_bucket_cap_mb = 1e-6; // `last` alone in bucket 0
-  o.bucket_cap_mb = 1e-6;
+  o.first_bucket_cap_mb(1e-6); // `last` alone in bucket 0
+  o.bucket_cap_mb(1e-6);
   ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), o);
-  model.reducer().set_timeline_enabled(true);
+  model->reducer().set_timeline_enabled(true);
   model(torch::randn({4, 16})).sum().backward();
-  const auto& events = model.reducer().timeline().events();
+  const auto& events = model->reducer().timeline().events();
   std::optional<ddp::Timeline::Event> first_collective, finalize;
   for (const auto& e : events) {
     if (e.kind == ddp::Timeline::Kind::kCollective && e.index == 0) first_collective = e;
@@ -53,7 +53,7 @@ TEST_CASE("the first bucket's collective completes while backward is still runni
   }
   REQUIRE(first_collective);
   REQUIRE(finalize);
-  const auto layout = model.reducer().bucket_layout();
+  const auto layout = model->reducer().bucket_layout();
   CHECK(layout.front() == std::vector<std::string>{"last.bias"});
   // Bucket 0 was reduced before the slow node (early in the backward) finished...
   CHECK(first_collective->end < g_slow_backward_end);

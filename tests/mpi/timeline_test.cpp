@@ -13,12 +13,12 @@ TEST_CASE("the timeline file parses and its events are ordered", "[timeline]") {
   {
     ddp::test::Mlp net;
     ddp::Options o = ddp::test::test_options();
-    o.timeline_path = path;
-    o.first_bucket_cap_mb = 1e-6;
-    o.bucket_cap_mb = 1e-3;
+    o.timeline_path(path);
+    o.first_bucket_cap_mb(1e-6);
+    o.bucket_cap_mb(1e-3);
     ddp::DistributedDataParallel model(net, pg, o);
     for (int i = 0; i < 3; ++i) model(torch::randn({4, 8})).sum().backward();
-    const auto& events = model.reducer().timeline().events();
+    const auto& events = model->reducer().timeline().events();
     // Per iteration: each bucket's collective starts after it was ready and ends before
     // finalize ends; finalize is the last thing of the iteration.
     for (int64_t it = 0; it < 3; ++it) {
@@ -31,7 +31,7 @@ TEST_CASE("the timeline file parses and its events are ordered", "[timeline]") {
         if (e.kind == ddp::Timeline::Kind::kFinalize) finalize = e;
       }
       REQUIRE(finalize);
-      CHECK(collective.size() == static_cast<size_t>(model.reducer().stats().buckets));
+      CHECK(collective.size() == static_cast<size_t>(model->reducer().stats().buckets));
       for (const auto& [b, c] : collective) {
         CAPTURE(it, b);
         if (ready.count(b)) CHECK(c.start >= ready[b].start);

@@ -148,7 +148,7 @@ void run_against_oracle(const RunConfig& cfg) {
       auto xs = x.narrow(0, r * kShard, kShard).clone().requires_grad_(true);
       Schedule mine = cfg.schedule(step, r);
       if (m + 1 < cfg.micro_steps) {
-        auto guard = model.no_sync();
+        auto guard = model->no_sync();
         auto [outs, skip] = model(xs, mine.with_branch);
         loss_of(outs, skip, mine, y.narrow(0, r * kShard, kShard)).backward();
       } else {
@@ -174,7 +174,7 @@ void run_against_oracle(const RunConfig& cfg) {
       CHECK(max_relative_error(got[i].second, want[i].second) <= grad_tolerance);
       CHECK(identical_across_ranks(got[i].second));
     }
-    CHECK(model.reducer().unused_parameters() == expected_unused(local, cfg, it, n));
+    CHECK(model->reducer().unused_parameters() == expected_unused(local, cfg, it, n));
     opt.step();
     oracle_opt.step();
     const auto params = local->named_parameters();
@@ -189,9 +189,9 @@ void run_against_oracle(const RunConfig& cfg) {
 
 ddp::Options options(bool find_unused, double cap_mb) {
   ddp::Options o = ddp::test::test_options();
-  o.find_unused_parameters = find_unused;
-  o.first_bucket_cap_mb = cap_mb;
-  o.bucket_cap_mb = cap_mb;
+  o.find_unused_parameters(find_unused);
+  o.first_bucket_cap_mb(cap_mb);
+  o.bucket_cap_mb(cap_mb);
   return o;
 }
 
@@ -213,7 +213,7 @@ TEST_CASE("unused parameters with gradients reduced in place in .grad", "[unused
     CAPTURE(find_unused);
     RunConfig cfg;
     cfg.options = options(find_unused, 1e-6);
-    cfg.options.in_place_min_mb = 1e-5; // every tensor alone and in place
+    cfg.options.in_place_min_mb(1e-5); // every tensor alone and in place
     run_against_oracle(cfg);
     cfg.micro_steps = 2; // and with no_sync accumulation
     cfg.iterations = 3;
@@ -250,15 +250,15 @@ TEST_CASE("heads returned but never in the loss, and a never-called layer, are r
   const std::vector<std::string> expected{"head1.weight", "head1.bias", "head3.weight",
                                           "head3.bias",   "branch.weight", "branch.bias",
                                           "debug.weight", "debug.bias"};
-  CHECK(model.reducer().unused_parameters() == expected);
-  CHECK(model.reducer().locally_unused_parameters() == expected);
+  CHECK(model->reducer().unused_parameters() == expected);
+  CHECK(model->reducer().locally_unused_parameters() == expected);
   CHECK_FALSE(net->debug->weight.grad().defined()); // untouched
 }
 
 TEST_CASE("static_graph learns the used set once and rejects a changed graph by name", "[unused]") {
   RunConfig cfg;
   cfg.options = options(false, 1e-3);
-  cfg.options.static_graph = true;
+  cfg.options.static_graph(true);
   cfg.schedule = [](int, int q) { return Schedule{q == 0 ? std::vector<int>{0, 1} : std::vector<int>{1, 2}, false}; };
   run_against_oracle(cfg);
 
@@ -269,7 +269,7 @@ TEST_CASE("static_graph learns the used set once and rejects a changed graph by 
     auto [outs, skip] = model(torch::randn({2, 6}), false);
     outs[0].sum().backward();
   }
-  const int64_t collectives_after_first = model.reducer().stats().collectives;
+  const int64_t collectives_after_first = model->reducer().stats().collectives;
   {
     auto [outs, skip] = model(torch::randn({2, 6}), false);
     outs[0].sum().backward();
@@ -277,7 +277,7 @@ TEST_CASE("static_graph learns the used set once and rejects a changed graph by 
   // Later iterations skip the graph walk, not the collectives: the section header, the
   // buckets, and the used-flags/status exchange that keeps an error on one rank an error
   // on every rank.
-  CHECK(model.reducer().stats().collectives - collectives_after_first == model.reducer().stats().buckets + 2);
+  CHECK(model->reducer().stats().collectives - collectives_after_first == model->reducer().stats().buckets + 2);
   auto [outs, skip] = model(torch::randn({2, 6}), false);
   CHECK_THROWS_WITH((outs[0].sum() + outs[1].sum()).backward(),
                     Contains("static_graph=true") && Contains("'head1.") && Contains("graph changed"));

@@ -23,7 +23,7 @@ namespace ddp::test {
 // a TimeoutError (a failed check), not as a hang.
 inline ddp::Options short_timeout() {
   ddp::Options o = ddp::test::test_options();
-  o.timeout = std::chrono::seconds(10);
+  o.timeout(std::chrono::seconds(10));
   return o;
 }
 
@@ -149,14 +149,14 @@ inline SkipOutcome run_with_a_skipped_step(const std::shared_ptr<ProcessGroup>& 
   const int r = pg->rank();
   SmallNet net(with_buffers);
   ddp::Options o = short_timeout();
-  o.static_graph = static_graph;
+  o.static_graph(static_graph);
   ddp::DistributedDataParallel model(net, pg, o);
   for (int step = 0; step < 5; ++step) {
     try {
       const bool odd = r == 1 && step == 2;
       torch::Tensor x = torch::randn({4, 4});
       if (odd && variant == "no_sync on one rank") {
-        auto guard = model.no_sync();
+        auto guard = model->no_sync();
         model(x).sum().backward();
         continue;
       }
@@ -201,9 +201,9 @@ inline std::vector<SetUpFailure> set_up_failures() {
          for (auto& p : lin->parameters()) p.requires_grad_(false);
        },
        "no parameter requires grad"},
-      {"bucket_cap_mb out of range", [](torch::nn::Linear&, ddp::Options& o) { o.bucket_cap_mb = 0; },
+      {"bucket_cap_mb out of range", [](torch::nn::Linear&, ddp::Options& o) { o.bucket_cap_mb(0); },
        "Options::bucket_cap_mb = 0 is invalid"},
-      {"in_place_min_mb out of range", [](torch::nn::Linear&, ddp::Options& o) { o.in_place_min_mb = -3; },
+      {"in_place_min_mb out of range", [](torch::nn::Linear&, ddp::Options& o) { o.in_place_min_mb(-3); },
        "Options::in_place_min_mb = -3 is invalid"},
   };
 }

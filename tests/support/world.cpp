@@ -103,7 +103,7 @@ int64_t sum_over_ranks(int64_t value) {
 
 Options test_options() {
   Options options;
-  options.timeout = std::chrono::seconds(60);
+  options.timeout(std::chrono::seconds(60));
   return options;
 }
 

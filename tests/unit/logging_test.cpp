@@ -43,7 +43,7 @@ TEST_CASE("unused parameters are reported once per new set, by name, with the re
                         Contains("freeze them"));
   // Once per set: iterations 1 and 2 had the same set.
   CHECK(first.find("iteration 1:") == std::string::npos);
-  CHECK(model.reducer().unused_parameters() == std::vector<std::string>{"spare.weight", "spare.bias"});
+  CHECK(model->reducer().unused_parameters() == std::vector<std::string>{"spare.weight", "spare.bias"});
 }
 
 TEST_CASE("DDP_DEBUG=DETAIL logs the unused set every iteration and the bucket layout", "[logging]") {

@@ -30,13 +30,13 @@ TEST_CASE("an empty or fully frozen parameter list is an error that says so", "[
 TEST_CASE("bad options name the option and the rule", "[reducer]") {
   auto w = torch::zeros({2}, torch::requires_grad());
   ddp::Options o;
-  o.bucket_cap_mb = 0;
+  o.bucket_cap_mb(0);
   CHECK_THROWS_WITH(ddp::Reducer({{"w", w}}, loopback(), o), Contains("Options::bucket_cap_mb") && Contains("> 0"));
   o = {};
-  o.first_bucket_cap_mb = -1;
+  o.first_bucket_cap_mb(-1);
   CHECK_THROWS_WITH(ddp::Reducer({{"w", w}}, loopback(), o), Contains("Options::first_bucket_cap_mb"));
   o = {};
-  o.timeout = std::chrono::milliseconds(0);
+  o.timeout(std::chrono::milliseconds(0));
   CHECK_THROWS_WITH(ddp::Reducer({{"w", w}}, loopback(), o), Contains("Options::timeout"));
   CHECK_THROWS_WITH(ddp::Reducer({{"w", w}}, nullptr), Contains("process group is null"));
   auto v = torch::zeros({2}, torch::requires_grad());
@@ -70,7 +70,7 @@ TEST_CASE("under no_sync a second backward is fine: gradients accumulate", "[red
   torch::nn::Linear lin(3, 2);
   ddp::DistributedDataParallel model(lin, loopback());
   {
-    auto guard = model.no_sync();
+    auto guard = model->no_sync();
     auto out = model(torch::ones({1, 3}));
     out.sum().backward({}, true);
     out.sum().backward();
@@ -89,16 +89,16 @@ TEST_CASE("a gradient outside the reducer's protocol is an error with the fix", 
 TEST_CASE("the timeline is valid Chrome-trace JSON with ordered events", "[reducer][timeline]") {
   torch::nn::Sequential net(torch::nn::Linear(4, 8), torch::nn::Tanh(), torch::nn::Linear(8, 2));
   ddp::Options o;
-  o.first_bucket_cap_mb = 1e-6;
-  o.bucket_cap_mb = 1e-6;
+  o.first_bucket_cap_mb(1e-6);
+  o.bucket_cap_mb(1e-6);
   ddp::DistributedDataParallel model(net, loopback(), o);
-  model.reducer().set_timeline_enabled(true);
+  model->reducer().set_timeline_enabled(true);
   // The module's own forward bypasses DDP: its backward is refused with the fix.
-  CHECK_THROWS_WITH(model.module()->forward(torch::ones({2, 4})).sum().backward(),
-                    Contains("model(x), not model.module()->forward(x)"));
-  CHECK(model.reducer().timeline().events().empty());
+  CHECK_THROWS_WITH(model->module()->forward(torch::ones({2, 4})).sum().backward(),
+                    Contains("model(x), not model->module()->forward(x)"));
+  CHECK(model->reducer().timeline().events().empty());
   for (int i = 0; i < 2; ++i) model(torch::ones({2, 4})).sum().backward();
-  const auto& events = model.reducer().timeline().events();
+  const auto& events = model->reducer().timeline().events();
   int hooks = 0, collectives = 0, finalizes = 0;
   for (const auto& e : events) {
     CHECK(e.end >= e.start);
@@ -110,7 +110,7 @@ TEST_CASE("the timeline is valid Chrome-trace JSON with ordered events", "[reduc
   CHECK(collectives == 8); // one bucket each
   CHECK(finalizes == 2);
   const std::string path = "timeline_unit_test.json";
-  model.reducer().write_timeline(path);
+  model->reducer().write_timeline(path);
   const std::string written = "timeline_unit_test.rank0.json";
   const std::string cmd = "python3 -c \"import json,sys; ev=json.load(open(sys.argv[1])); "
                           "xs=[e for e in ev if e['ph']=='X']; assert len(xs)>=12, len(xs); "

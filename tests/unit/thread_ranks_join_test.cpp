@@ -100,7 +100,7 @@ TEST_CASE("thread ranks: Join with uneven inputs trains like one process on the 
       for (int epoch = 0; epoch < 2; ++epoch) {
         {
           ddp::JoinOptions options;
-          options.divide_by_initial_world_size = c.divide_by_world;
+          options.divide_by_initial_world_size(c.divide_by_world);
           ddp::Join join(model, options);
           for (int b = 0; b < kBatches; ++b) {
             // The oracle takes this step on the batches of the ranks that still have one.
@@ -145,7 +145,7 @@ TEST_CASE("thread ranks: Join with uneven inputs trains like one process on the 
               ddp::test::max_relative_error(p.value(), oracle->named_parameters()[p.key()]) / tolerance);
         }
         seen.identical =
-            seen.identical && ddp::test::identical_across_ranks(torch::tensor(model.reducer().stats().iterations));
+            seen.identical && ddp::test::identical_across_ranks(torch::tensor(model->reducer().stats().iterations));
       }
       return seen;
     });
@@ -202,7 +202,7 @@ TEST_CASE("thread ranks: Join with throw_on_early_termination raises on every ra
       ddp::test::Mlp local;
       ddp::DistributedDataParallel model(local, pg, ddp::test::test_options());
       ddp::JoinOptions options;
-      options.throw_on_early_termination = true;
+      options.throw_on_early_termination(true);
       const int mine = r == 1 ? 2 : 4;
       {
         ddp::Join join(model, options);
@@ -297,9 +297,9 @@ TEST_CASE("thread ranks: a hook that throws is a ReductionError on every rank na
         std::vector<torch::Tensor> tensors;
         for (const auto& [name, p] : named) tensors.push_back(p);
         ddp::Options o = ddp::test::test_options();
-        o.step_check = ddp::Options::StepCheck::kStrict; // the recovery asserted below is strict mode's
-        o.first_bucket_cap_mb = 1e-5;                    // one parameter per bucket
-        o.bucket_cap_mb = 1e-5;
+        o.step_check(ddp::Options::StepCheck::kStrict); // the recovery asserted below is strict mode's
+        o.first_bucket_cap_mb(1e-5);                    // one parameter per bucket
+        o.bucket_cap_mb(1e-5);
         ddp::Reducer reducer(named, pg, o);
         reducer.register_comm_hook(std::make_shared<FailingHook>(ranks, /*iteration=*/1, /*bucket=*/1,
                                                                  c.in_continuation));

@@ -71,12 +71,12 @@ TEST_CASE("thread ranks: options that shape the collectives must agree: every ra
     std::string value;
   };
   const std::vector<Case> cases = {
-      {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb = 10; }, "10"},
-      {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb = 2; }, "2"},
-      {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view = true; }, "true"},
-      {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb = 0; }, "0"},
-      {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers = false; }, "false"},
-      {"static_graph", [](ddp::Options& o) { o.static_graph = true; }, "true"},
+      {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb(10); }, "10"},
+      {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb(2); }, "2"},
+      {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view(true); }, "true"},
+      {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb(0); }, "0"},
+      {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
+      {"static_graph", [](ddp::Options& o) { o.static_graph(true); }, "true"},
   };
   for (int n : kWorlds) {
     for (const Case& c : cases) {

@@ -58,7 +58,7 @@ TEST_CASE("the reducer reads DDP_TIMEOUT_S strictly too", "[timeouts]") {
   ::setenv("DDP_TIMEOUT_S", "0.001", 1);
   {
     ddp::DistributedDataParallel model(lin, pg);
-    CHECK(model.reducer().options().timeout == milliseconds(1));
+    CHECK(model->reducer().options().timeout() == milliseconds(1));
   }
   ::unsetenv("DDP_TIMEOUT_S");
 }

@@ -36,17 +36,17 @@ PowerSGDHook::PowerSGDHook(PowerSGDOptions options) : options_(options) {
     return InvalidArgumentError(
         fmt::format("ddp::hooks::powersgd: PowerSGDOptions::{} = {}; it must be {}", option, value, need));
   };
-  if (options_.matrix_approximation_rank < 1) {
-    throw bad("matrix_approximation_rank", std::to_string(options_.matrix_approximation_rank), ">= 1");
+  if (options_.matrix_approximation_rank() < 1) {
+    throw bad("matrix_approximation_rank", std::to_string(options_.matrix_approximation_rank()), ">= 1");
   }
-  if (options_.start_powerSGD_iter < 0) {
-    throw bad("start_powerSGD_iter", std::to_string(options_.start_powerSGD_iter), ">= 0");
+  if (options_.start_powerSGD_iter() < 0) {
+    throw bad("start_powerSGD_iter", std::to_string(options_.start_powerSGD_iter()), ">= 0");
   }
-  if (!(options_.min_compression_rate >= 0)) {
-    throw bad("min_compression_rate", fmt::format("{}", options_.min_compression_rate), ">= 0");
+  if (!(options_.min_compression_rate() >= 0)) {
+    throw bad("min_compression_rate", fmt::format("{}", options_.min_compression_rate()), ">= 0");
   }
-  if (!(options_.orthogonalization_epsilon >= 0)) {
-    throw bad("orthogonalization_epsilon", fmt::format("{}", options_.orthogonalization_epsilon), ">= 0");
+  if (!(options_.orthogonalization_epsilon() >= 0)) {
+    throw bad("orthogonalization_epsilon", fmt::format("{}", options_.orthogonalization_epsilon()), ">= 0");
   }
 }
 
@@ -55,8 +55,8 @@ std::string PowerSGDHook::name() const {
   return fmt::format(
       "powersgd(matrix_approximation_rank={}, start_powerSGD_iter={}, min_compression_rate={}, "
       "use_error_feedback={}, warm_start={}, orthogonalization_epsilon={}, random_seed={})",
-      options_.matrix_approximation_rank, options_.start_powerSGD_iter, options_.min_compression_rate,
-      options_.use_error_feedback, options_.warm_start, options_.orthogonalization_epsilon, options_.random_seed);
+      options_.matrix_approximation_rank(), options_.start_powerSGD_iter(), options_.min_compression_rate(),
+      options_.use_error_feedback(), options_.warm_start(), options_.orthogonalization_epsilon(), options_.random_seed());
 }
 
 void PowerSGDHook::orthogonalize(at::Tensor& matrices, double epsilon) {
@@ -84,13 +84,13 @@ at::Tensor& PowerSGDHook::q_for(const std::string& name, int64_t cols, int64_t r
   if (fits && (q.device() != options.device() || q.scalar_type() != options.dtype().toScalarType())) {
     q = q.to(options); // loaded from a checkpoint on another device: moved once
   }
-  if (!fits || !options_.warm_start) {
+  if (!fits || !options_.warm_start()) {
     // Drawn on the CPU from a seeded generator: the same on every rank and device, and a
     // new one each iteration (without warm start, each step starts from a fresh Q).
     at::Generator generator = at::detail::createCPUGenerator(
-        seed_for(options_.random_seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(iteration), name));
+        seed_for(options_.random_seed() + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(iteration), name));
     at::Tensor fresh = at::randn({cols, rank}, generator, options.device(at::kCPU));
-    orthogonalize(fresh, options_.orthogonalization_epsilon);
+    orthogonalize(fresh, options_.orthogonalization_epsilon());
     if (options.device().is_cpu()) {
       q = fresh;
     } else {
@@ -141,8 +141,8 @@ std::shared_ptr<const PowerSGDHook::Layout> PowerSGDHook::layout_for(const GradB
     if (shape.size() >= 2 && numel > 0) {
       const int64_t n = shape[0];
       const int64_t m = numel / n;
-      const int64_t r = std::min({options_.matrix_approximation_rank, n, m});
-      if (static_cast<double>(n) * m > options_.min_compression_rate * static_cast<double>(n + m) * r) {
+      const int64_t r = std::min({options_.matrix_approximation_rank(), n, m});
+      if (static_cast<double>(n) * m > options_.min_compression_rate() * static_cast<double>(n + m) * r) {
         compressed = true;
         if (numel > kBatchMaxElements) {
           // Large: reduced where it lies in the bucket, alone (gathering it would cost
@@ -199,7 +199,7 @@ std::shared_ptr<const PowerSGDHook::Layout> PowerSGDHook::layout_for(const GradB
 std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t iteration) {
   ProcessGroup& group = bucket.process_group();
   const at::Tensor& buffer = bucket.buffer();
-  if (iteration < options_.start_powerSGD_iter) {
+  if (iteration < options_.start_powerSGD_iter()) {
     return CommFuture::of(group.allreduce(buffer), buffer);
   }
   const std::shared_ptr<const Layout> held = layout_for(bucket);
@@ -244,7 +244,7 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
     std::vector<at::Tensor> errors;
     for (size_t i = 0; i < g.names.size(); ++i) {
       qs.push_back(q_for(g.names[i], g.m, g.r, options, iteration));
-      if (!options_.use_error_feedback) continue;
+      if (!options_.use_error_feedback()) continue;
       // Error feedback: what the approximation left out last time joins this gradient.
       at::Tensor& error = error_[g.names[i]];
       if (error.defined() && error.numel() == g.n * g.m) {
@@ -259,7 +259,7 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
     }
     batch.q_started = at::stack(qs);
     batch.q.copy_(batch.q_started);
-    if (options_.use_error_feedback) {
+    if (options_.use_error_feedback()) {
       batch.matrices.add_(errors.size() == 1 ? errors.front().unsqueeze(0) : at::stack(errors));
     }
     at::bmm_out(batch.p, batch.matrices, batch.q);
@@ -268,8 +268,8 @@ std::shared_ptr<CommFuture> PowerSGDHook::run_step(GradBucket& bucket, int64_t i
   std::shared_ptr<Work> p_work = group.allreduce(p_all);
 
   const double world = static_cast<double>(group.size());
-  const bool error_feedback = options_.use_error_feedback;
-  const double epsilon = options_.orthogonalization_epsilon;
+  const bool error_feedback = options_.use_error_feedback();
+  const double epsilon = options_.orthogonalization_epsilon();
   ProcessGroup* pg = &group;
   return CommFuture::of(std::move(p_work), p_all)
       ->then([pg, batches, q_all, epsilon, stream, held](const at::Tensor&) {
