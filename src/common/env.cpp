@@ -147,9 +147,9 @@ Options Env::apply_to(Options options) const {
   const auto timeout = timeout_override();
   auto timeline = timeline_path();
   const auto mode = step_check();
-  if (timeout && options.timeout == kDefaultTimeout) options.timeout = *timeout;
-  if (timeline) options.timeline_path = std::move(*timeline);
-  if (mode) options.step_check = *mode;
+  if (timeout && options.timeout() == kDefaultTimeout) options.timeout(*timeout);
+  if (timeline) options.timeline_path(std::move(*timeline));
+  if (mode) options.step_check(*mode);
   return options;
 }
 
@@ -162,8 +162,11 @@ LogSettings Env::log_settings() const {
   if (auto i = word("DDP_LOG_LEVEL", {"ERROR", "WARN", "INFO", "DEBUG"}, "a log level", "; default WARN")) {
     s.level = kLevels[*i];
   }
-  if (auto i = word("DDP_DEBUG", {"OFF", "INFO", "DETAIL"}, "a debug level",
-                    "; default OFF; like TORCH_DISTRIBUTED_DEBUG")) {
+  // PyTorch's variable is honoured too, so a job launched for PyTorch DDP's debugging
+  // gets libddp's; DDP_DEBUG, when set, wins.
+  const char* debug_variable = text("DDP_DEBUG") ? "DDP_DEBUG" : "TORCH_DISTRIBUTED_DEBUG";
+  if (auto i = word(debug_variable, {"OFF", "INFO", "DETAIL"}, "a debug level",
+                    "; default OFF; DDP_DEBUG wins over TORCH_DISTRIBUTED_DEBUG")) {
     s.debug = kDebugLevels[*i];
   }
   // Asking for reducer diagnostics implies printing them.

@@ -1,7 +1,8 @@
 // The library's logger. DDP_LOG_LEVEL=ERROR|WARN|INFO|DEBUG chooses what is printed
-// (default WARN); DDP_DEBUG=OFF|INFO|DETAIL, like TORCH_DISTRIBUTED_DEBUG, adds the
-// reducer's diagnostics (INFO: bucket layout and unused sets when they change;
-// DETAIL: the unused set every iteration, the bucket layout after a rebuild).
+// (default WARN); DDP_DEBUG=OFF|INFO|DETAIL (TORCH_DISTRIBUTED_DEBUG is read when
+// DDP_DEBUG is unset) adds the reducer's diagnostics: INFO, rank 0 logs the bucket layout
+// at construction and after the rebuild; DETAIL, also every rank's unused sets every
+// iteration. The unused sets are logged at WARN whenever they change, at any level.
 // Every line starts with "[ddp rank R LEVEL]" and goes to stderr.
 #pragma once
 

@@ -80,7 +80,7 @@ Rejects rejects(const std::string& name, const std::string& value, const std::st
 
 TEST_CASE("one default timeout, written once", "[env]") {
   CHECK(ddp::kDefaultTimeout == std::chrono::minutes(10));
-  CHECK(ddp::Options{}.timeout == ddp::kDefaultTimeout);
+  CHECK(ddp::Options{}.timeout() == ddp::kDefaultTimeout);
 }
 
 TEST_CASE("seconds: DDP_TIMEOUT_S and DDP_EXIT_TIMEOUT_S", "[env]") {
@@ -163,6 +163,13 @@ TEST_CASE("DDP_LOG_LEVEL and DDP_DEBUG: levels in any case; a bad one is an erro
   CHECK_THAT(error_of([&] { settings({{"DDP_LOG_LEVEL", "VERBOSE"}}); }),
              rejects("DDP_LOG_LEVEL", "VERBOSE", "ERROR, WARN, INFO or DEBUG"));
   CHECK_THAT(error_of([&] { settings({{"DDP_DEBUG", "1"}}); }), rejects("DDP_DEBUG", "1", "OFF, INFO or DETAIL"));
+  // PyTorch's variable is an alias, read only when DDP_DEBUG is unset, and parsed alike.
+  CHECK(settings({{"TORCH_DISTRIBUTED_DEBUG", "INFO"}}).debug == DebugLevel::kInfo);
+  CHECK(settings({{"TORCH_DISTRIBUTED_DEBUG", "DETAIL"}}).level == LogLevel::kInfo);
+  CHECK(settings({{"TORCH_DISTRIBUTED_DEBUG", "DETAIL"}, {"DDP_DEBUG", "OFF"}}).debug == DebugLevel::kOff);
+  CHECK(settings({{"TORCH_DISTRIBUTED_DEBUG", ""}, {"DDP_DEBUG", "info"}}).debug == DebugLevel::kInfo);
+  CHECK_THAT(error_of([&] { settings({{"TORCH_DISTRIBUTED_DEBUG", "verbose"}}); }),
+             rejects("TORCH_DISTRIBUTED_DEBUG", "verbose", "OFF, INFO or DETAIL"));
 }
 
 TEST_CASE("integers: range-checked, whole, nothing around them", "[env]") {
@@ -243,24 +250,24 @@ TEST_CASE("paths and text are taken as written; empty is unset", "[env]") {
 TEST_CASE("apply_to: the environment replaces defaults; a timeout set in code wins", "[env]") {
   ddp::Options defaults;
   const ddp::Options same = env_of({}).apply_to(defaults);
-  CHECK(same.timeout == ddp::kDefaultTimeout);
-  CHECK(same.timeline_path.empty());
-  CHECK(same.step_check == ddp::Options::StepCheck::kAuto);
+  CHECK(same.timeout() == ddp::kDefaultTimeout);
+  CHECK(same.timeline_path().empty());
+  CHECK(same.step_check() == ddp::Options::StepCheck::kAuto);
 
   const Vars vars{{"DDP_TIMEOUT_S", "3"}, {"DDP_TIMELINE", "/tmp/t.json"}, {"DDP_STEP_CHECK", "strict"}};
   const ddp::Options replaced = env_of(vars).apply_to(defaults);
-  CHECK(replaced.timeout == 3s);
-  CHECK(replaced.timeline_path == "/tmp/t.json");
-  CHECK(replaced.step_check == ddp::Options::StepCheck::kStrict);
+  CHECK(replaced.timeout() == 3s);
+  CHECK(replaced.timeline_path() == "/tmp/t.json");
+  CHECK(replaced.step_check() == ddp::Options::StepCheck::kStrict);
 
   ddp::Options coded;
-  coded.timeout = 42s;
-  coded.timeline_path = "/code.json";
-  coded.step_check = ddp::Options::StepCheck::kDeferred;
+  coded.timeout(42s);
+  coded.timeline_path("/code.json");
+  coded.step_check(ddp::Options::StepCheck::kDeferred);
   const ddp::Options mixed = env_of(vars).apply_to(coded);
-  CHECK(mixed.timeout == 42s);                   // set in code: wins over DDP_TIMEOUT_S
-  CHECK(mixed.timeline_path == "/tmp/t.json");   // DDP_TIMELINE overrides
-  CHECK(mixed.step_check == ddp::Options::StepCheck::kStrict); // DDP_STEP_CHECK replaces
+  CHECK(mixed.timeout() == 42s);                   // set in code: wins over DDP_TIMEOUT_S
+  CHECK(mixed.timeline_path() == "/tmp/t.json");   // DDP_TIMELINE overrides
+  CHECK(mixed.step_check() == ddp::Options::StepCheck::kStrict); // DDP_STEP_CHECK replaces
 
   // A bad value is an error even where code set the option.
   CHECK_THAT(error_of([&] { env_of({{"DDP_TIMEOUT_S", "0.0001"}}).apply_to(coded); }),
