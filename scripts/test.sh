@@ -21,6 +21,9 @@ case "${1:-}" in
 esac
 
 "$root/scripts/setup.sh"
+# The environment setup.sh made: its python and torchrun first on PATH, for ctest's commands.
+source "$root/scripts/venv.sh"
+ddp_use_venv
 # mpirun refuses to run as root without these; harmless otherwise.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
