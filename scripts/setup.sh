@@ -41,12 +41,12 @@ if [ -z "$torch_version" ]; then
   # DDP_TORCH: another requirement, e.g. "torch==2.5.1".
   echo "setup: installing the PyPI torch wheel (LibTorch for C++) into $DDP_VENV"
   "$py" -m pip install --progress-bar off "${DDP_TORCH:-torch}"
-  torch_version=$("$py" -c 'import torch; print(torch.__version__)')
 fi
 if ! "$py" -c 'import numpy' >/dev/null 2>&1; then
   # Only to silence torch's import warning in bench/compare_torch.py.
   "$py" -m pip install -q numpy || true
 fi
+[ -n "$torch_version" ] || torch_version=$("$py" -c 'import torch; print(torch.__version__)')
 # torchrun comes with the wheel, but only in the environment that installed it: where torch
 # comes from the base interpreter, the environment gets the same launcher here.
 # (The same script pip writes for the wheel's entry point.)
