@@ -15,10 +15,30 @@ if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
     list(APPEND CMAKE_PREFIX_PATH ${_ddp_torch_prefix})
   endif()
 endif()
+# A CUDA build of LibTorch (the PyPI wheel's default on Linux) enables the CUDA language in
+# find_package(Torch), which needs nvcc even though nothing here compiles CUDA code: on a
+# machine without the CUDA toolkit (a stock Debian 12, whose nvidia-cuda-toolkit 11.8 is too
+# old for torch anyway) find_package(Torch) fails with "Your installed Caffe2 version uses
+# CUDA but I cannot find the CUDA libraries". Torch's public/cuda.cmake returns at once when
+# the target torch::cudart exists, so where no nvcc is found (where torch's FindCUDA looks
+# for it) we define it (empty: libtorch_cuda and libc10_cuda load the wheel's libcudart
+# through their own RPATH). The CPU side of LibTorch then builds and links; the NCCL
+# backend, which needs the toolkit, stays off. With an nvcc nothing changes.
+if(NOT TARGET torch::cudart AND NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
+  find_program(DDP_NVCC nvcc HINTS ${CUDA_TOOLKIT_ROOT_DIR} ${CUDAToolkit_ROOT} ENV CUDAToolkit_ROOT
+               ENV CUDA_HOME ENV CUDA_PATH ENV CUDA_BIN_PATH /usr/local/cuda PATH_SUFFIXES bin)
+  if(NOT DDP_NVCC)
+    add_library(torch::cudart INTERFACE IMPORTED)
+    set(DDP_TORCH_WITHOUT_CUDA_TOOLKIT ON)
+  endif()
+endif()
 find_package(Torch QUIET)
 if(NOT Torch_FOUND)
   message(FATAL_ERROR "LibTorch not found. Install the PyPI wheel (python3 -m pip install torch, or "
                       "scripts/setup.sh) or pass -DTorch_DIR=<libtorch>/share/cmake/Torch.")
+endif()
+if(DDP_TORCH_WITHOUT_CUDA_TOOLKIT AND TARGET torch_cuda)
+  message(STATUS "libddp: LibTorch is a CUDA build but no CUDA toolkit was found: using it without one (CPU code only)")
 endif()
 
 # The PyPI wheel's CUDA libraries (NCCL, cuBLAS, ...) live in site-packages/nvidia/*/lib

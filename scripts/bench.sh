@@ -4,6 +4,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
+# The environment setup.sh made: its python and torchrun first on PATH.
+source "$root/scripts/venv.sh"
+ddp_use_venv
 "$root/scripts/build.sh" >/dev/null
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 # Ranks share the cores: let an idle MPI rank yield instead of spinning (docs/performance.md).

@@ -21,6 +21,9 @@ case "${1:-}" in
 esac
 
 "$root/scripts/setup.sh"
+# The environment setup.sh made: its python and torchrun first on PATH, for ctest's commands.
+source "$root/scripts/venv.sh"
+ddp_use_venv
 # mpirun refuses to run as root without these; harmless otherwise.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
@@ -32,7 +35,7 @@ run_sanitized() {
   shift 3
   start=$SECONDS
   BUILD_DIR=$build "$root/scripts/build.sh" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DDDP_SANITIZE="$sanitize" -DDDP_BUILD_BENCH=OFF -DDDP_BUILD_EXAMPLES=OFF -DDDP_WITH_NCCL=OFF
+    -DDDP_SANITIZE="$sanitize" -DDDP_BUILD_TESTS=ON -DDDP_BUILD_BENCH=OFF -DDDP_BUILD_EXAMPLES=OFF -DDDP_WITH_NCCL=OFF
   echo "test.sh $name: build took $((SECONDS - start)) s"
   cd "$build"
   start=$SECONDS
@@ -43,7 +46,9 @@ run_sanitized() {
 
 case "$mode" in
   normal)
-    "$root/scripts/build.sh"
+    # Tests asked for explicitly: a missing Catch2 is a configure error here, not a build
+    # without tests (what a default configure does, for a library-only build).
+    "$root/scripts/build.sh" -DDDP_BUILD_TESTS=ON
     cd "${BUILD_DIR:-$root/build}"
     exec ctest --output-on-failure --timeout 900 "$@"
     ;;

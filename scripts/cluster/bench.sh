@@ -19,6 +19,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${BUILD_DIR:-$root/build}
+# scripts/setup.sh's virtual environment (torch for compare_torch.py) first on PATH.
+source "$root/scripts/venv.sh"
+ddp_use_venv
 out=${1:-$build/bench-cluster}
 cluster="$root/scripts/cluster.sh"
 name=bench
