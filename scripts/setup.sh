@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what libddp needs on a fresh Debian 12 machine and leaves an existing
-# install alone (idempotent): OpenMPI, Catch2, fmt, ccache, gnuplot from Debian;
+# install alone (idempotent): OpenMPI, gloo's headers (for PyTorch's ProcessGroupGloo), Catch2,
+# fmt, ccache, gnuplot from Debian;
 # LibTorch from the PyPI `torch` wheel. Run as root (or with sudo available).
 set -euo pipefail
 
 need_apt=()
-for pkg in openmpi-bin libopenmpi-dev catch2 libfmt-dev ccache cmake g++ gnuplot-nox; do
+for pkg in openmpi-bin libopenmpi-dev libgloo-dev catch2 libfmt-dev ccache cmake g++ gnuplot-nox; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
