@@ -2,6 +2,7 @@
 // and the naive per-parameter all-reduce loop, on one machine under mpirun.
 //
 //   mpirun -np 2 build/bench/ddp_bench                     # every model, CPU, table
+//   torchrun --standalone --nproc-per-node 2 --no-python build/bench/ddp_bench --backend gloo
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --json out.json
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --sweep 0.25,1,4,16,64 --sweep-out sweep
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --mode ddp --comm-hook allreduce,fp16,bf16,powersgd
@@ -48,6 +49,7 @@ struct Config {
   int threads = 1;
   std::string json_path;
   std::string device = "cpu";
+  std::string backend = "auto";
   std::vector<double> sweep_caps;
   std::string sweep_out = "bench_sweep";
   int sweep_passes = 1;       // passes over the caps; each cap's figure is the median over them
@@ -63,7 +65,7 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
 
 [[noreturn]] void usage(int rc) {
   std::printf(
-      "usage: mpirun -np N ddp_bench [options]\n"
+      "usage: mpirun -np N ddp_bench [options]   (or torchrun ... --no-python ddp_bench --backend gloo)\n"
       "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet (not in all)\n"
       "  --mode MODE[,MODE]      local (no DDP), ddp, ddp_fu (ddp with find_unused_parameters),\n"
       "                          ddp_join (ddp inside an enabled ddp::Join that no rank leaves:\n"
@@ -79,6 +81,7 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
       "  --grad-as-bucket-view   Options::gradient_as_bucket_view = true\n"
       "  --threads N             compute threads per rank (default 1)\n"
       "  --device cpu|cuda       where the model runs (cuda: NCCL backend)\n"
+      "  --backend NAME          mpi (under mpirun), gloo (under torchrun), nccl, c10d-nccl or auto (default)\n"
       "  --json PATH             also write the results as JSON\n"
       "  --sweep CAPS            step time against bucket cap (MiB, comma-separated): CSV + PNG\n"
       "  --sweep-out PREFIX      files of the sweep: PREFIX.csv, PREFIX.png (default bench_sweep)\n"
@@ -131,6 +134,7 @@ Config parse(int argc, char** argv) {
     else if (a == "--grad-as-bucket-view") c.grad_as_bucket_view = true;
     else if (a == "--threads") c.threads = std::stoi(value());
     else if (a == "--device") c.device = value();
+    else if (a == "--backend") c.backend = value();
     else if (a == "--json") c.json_path = value();
     else if (a == "--sweep") {
       for (const auto& s : split(value())) c.sweep_caps.push_back(std::stod(s));
@@ -574,7 +578,7 @@ int main(int argc, char** argv) {
   const torch::Device device(cfg.device == "cuda" ? torch::kCUDA : torch::kCPU);
   std::shared_ptr<ddp::ProcessGroup> pg;
   try {
-    pg = ddp::init_process_group("auto", device);
+    pg = ddp::init_process_group(cfg.backend, device);
   } catch (const ddp::Error& e) {
     std::fprintf(stderr, "ddp_bench: %s\n", e.what());
     return 1;

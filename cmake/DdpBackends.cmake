@@ -48,6 +48,6 @@ if(NOT DDP_WITH_NCCL STREQUAL "OFF")
   endif()
 endif()
 
-if(NOT DDP_HAVE_MPI AND NOT DDP_HAVE_NCCL)
-  message(FATAL_ERROR "libddp needs at least one backend: install MPI (libopenmpi-dev) or a CUDA LibTorch with NCCL.")
+if(NOT DDP_HAVE_MPI AND NOT DDP_HAVE_NCCL AND NOT DDP_HAVE_GLOO)
+  message(FATAL_ERROR "libddp needs at least one backend: install MPI (libopenmpi-dev), gloo (libgloo-dev) or a CUDA LibTorch with NCCL.")
 endif()

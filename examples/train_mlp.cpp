@@ -106,8 +106,9 @@ int main(int argc, char** argv) {
   const Result alone = train(pg, /*use_ddp=*/false, iterations);
   const Result with_ddp = train(pg, /*use_ddp=*/true, iterations);
   if (pg->rank() == 0) {
-    std::printf("%d ranks, one compute thread per rank: mean step without DDP %.2f ms, with libddp %.2f ms\n",
-                pg->size(), alone.step_ms, with_ddp.step_ms);
+    std::printf("%d ranks on the %s backend, one compute thread per rank: mean step without DDP %.2f ms, with libddp "
+                "%.2f ms\n",
+                pg->size(), pg->backend().c_str(), alone.step_ms, with_ddp.step_ms);
   }
   if (hook_name.empty()) return 0;
   auto hook = make_hook(hook_name);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what libddp needs on a fresh Debian 12 machine and leaves an existing
-# install alone (idempotent): OpenMPI, Catch2, fmt, ccache, gnuplot from Debian;
+# install alone (idempotent): OpenMPI, gloo's headers (for PyTorch's ProcessGroupGloo), Catch2, fmt, ccache, gnuplot from Debian;
 # LibTorch from the PyPI `torch` wheel, installed with numpy into a virtual environment
 # this script creates ($DDP_VENV, default .venv in the repository root; scripts/venv.sh),
 # never into the system Python (Debian 12 refuses that: PEP 668). Run as root (or with
@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/venv.sh"
 
 need_apt=()
-for pkg in openmpi-bin libopenmpi-dev catch2 libfmt-dev ccache cmake g++ gnuplot-nox; do
+for pkg in openmpi-bin libopenmpi-dev libgloo-dev catch2 libfmt-dev ccache cmake g++ gnuplot-nox; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 # The system Python and its venv module (Debian splits ensurepip out into python3-venv),

@@ -1,6 +1,7 @@
 // The one boundary between the reducer and the communication libraries. The reducer
-// and DistributedDataParallel see only this interface; MPI and NCCL live behind it
-// in src/comm/ and are created by init_process_group().
+// and DistributedDataParallel see only this interface; MPI, NCCL and PyTorch's c10d
+// process groups (gloo, c10d-nccl, or any group through ddp::from_c10d) live behind it in
+// src/comm/ and are created by init_process_group().
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,7 +23,7 @@ class ProcessGroup {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // "mpi" or "nccl".
+  // "mpi", "nccl", "gloo", or "c10d:<name>" for another c10d backend (e.g. "c10d:nccl").
   virtual std::string backend() const = 0;
   // Where this group's collectives take their tensors: CPU for MPI, the rank's GPU for
   // NCCL. Every collective libddp issues on its own behalf (verification, headers, used

@@ -10,9 +10,11 @@
 #include <ddp/config.h>
 #include <ddp/error.h>
 
-#include "comm/file_rendezvous.h"
 #include "comm/process_group_rendezvous.h"
-#include "comm/tcp_rendezvous.h"
+#if DDP_HAVE_C10D
+#include "comm/store_factory.h"
+#include "comm/store_rendezvous.h"
+#endif
 #if DDP_HAVE_MPI
 #include "comm/mpi/factory.h"
 #endif
@@ -36,6 +38,11 @@ class SingleProcessRendezvous final : public Rendezvous {
       name, why));
 }
 
+// The store's port under Slurm when MASTER_PORT is unset: kSlurmPortBase + SLURM_JOB_ID
+// modulo kSlurmPortRange (below the usual ephemeral range, 32768 and up).
+constexpr int kSlurmPortBase = 20000;
+constexpr int kSlurmPortRange = 10000;
+
 // Started by an MPI launcher, and MPI was built: only then can MPI be the rendezvous.
 bool mpi_launch(const detail::Env& env) { return DDP_HAVE_MPI && env.launched_by_mpi(); }
 
@@ -57,6 +64,7 @@ void read_master(const detail::Env& env, RendezvousConfig& config,
   if (!port) missing("MASTER_PORT", why);
   config.host = std::move(*addr);
   config.port = *port;
+  config.address_from = "MASTER_ADDR/MASTER_PORT";
 }
 
 // "host:port" of tcp://host:port (IPv6 as [addr]:port).
@@ -83,6 +91,7 @@ void parse_tcp_url(const detail::Env& env, const std::string& url, const std::st
   }
   config.host = host;
   config.port = static_cast<int>(number);
+  config.address_from = "DDP_INIT_METHOD";
 }
 
 } // namespace
@@ -91,6 +100,8 @@ RendezvousConfig RendezvousConfig::from_env(const EnvLookup& getenv) {
   const detail::Env env(getenv);
   RendezvousConfig config;
   config.timeout = env.timeout();
+  config.agent_store = env.use_agent_store();
+  config.restart_count = env.restart_count();
   if (const auto local = env.local_rank()) config.local_rank = local->value;
 
   const std::string method = env.init_method().value_or("");
@@ -124,20 +135,30 @@ RendezvousConfig RendezvousConfig::from_env(const EnvLookup& getenv) {
                "RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, or mpirun)");
   } else if (mpi_launch(env) && !env.master_addr()) {
     config.method = Method::kMpi;
-  } else if (env.text("RANK") || env.text("WORLD_SIZE") || env.master_addr() || env.text("MASTER_PORT")) {
+  } else if (env.text("RANK") || env.text("WORLD_SIZE") || env.master_addr() ||
+             (env.text("MASTER_PORT") && env.slurm_ntasks().value_or(1) == 1)) {
     config.method = Method::kTcp;
     read_rank_and_size(env, config, "torchrun-style launch (MASTER_ADDR/MASTER_PORT or RANK is set)");
     read_master(env, config);
   } else if (const auto tasks = env.slurm_ntasks(); tasks && *tasks != 1) {
-    // srun without PMI: each task would otherwise be a world of its own, silently.
+    // srun without PMI: each task would otherwise be a world of its own, silently. The
+    // store goes on the first host of the job's node list, as PyTorch's Slurm recipes do.
     config.method = Method::kTcp;
     const std::string why = fmt::format(
         "this is a Slurm job step of SLURM_NTASKS={} tasks started without an MPI launcher (srun without PMI), and "
-        "its ranks must find rank 0 (docs/cluster.md, \"Slurm\": export MASTER_ADDR=$(scontrol show hostnames "
-        "\"$SLURM_JOB_NODELIST\" | head -n 1) and MASTER_PORT, or use srun --mpi=pmix with the MPI backend)",
+        "its ranks must find rank 0 (docs/launch.md, \"Slurm\": libddp takes the first host of SLURM_JOB_NODELIST; "
+        "else export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1), or use "
+        "srun --mpi=pmix with the MPI backend)",
         *tasks);
     read_rank_and_size(env, config, why);
-    read_master(env, config, why);
+    const auto host = env.slurm_first_host();
+    if (!host) missing("MASTER_ADDR", why);
+    config.host = host->value;
+    // One port per job, so that two jobs sharing a first node do not collide.
+    const auto job = env.slurm_job_id();
+    config.port = env.master_port().value_or(job ? kSlurmPortBase + *job % kSlurmPortRange : kSlurmPortBase);
+    config.address_from = fmt::format("the first host of {} and {}", host->variable,
+                                      env.master_port() ? "MASTER_PORT" : "a port from SLURM_JOB_ID");
   } else {
     config.method = Method::kSingle;
   }
@@ -147,12 +168,17 @@ RendezvousConfig RendezvousConfig::from_env(const EnvLookup& getenv) {
   return config;
 }
 
+std::string RendezvousConfig::store_prefix() const {
+  return fmt::format("ddp/attempt_{}/{}/", restart_count, group_name);
+}
+
 std::string RendezvousConfig::describe() const {
   switch (method) {
     case Method::kSingle:
       return "a single process (no RANK/WORLD_SIZE/DDP_INIT_METHOD set)";
     case Method::kTcp:
-      return fmt::format("tcp://{}:{} (MASTER_ADDR/MASTER_PORT or DDP_INIT_METHOD)", host, port);
+      return fmt::format("tcp://{}:{} ({}{})", host, port, address_from,
+                         agent_store ? ", served by torchrun's agent" : "");
     case Method::kFile:
       return fmt::format("file://{} (DDP_INIT_METHOD)", path);
     case Method::kMpi:
@@ -166,9 +192,16 @@ std::unique_ptr<Rendezvous> make_rendezvous(const RendezvousConfig& config) {
     case RendezvousConfig::Method::kSingle:
       return std::make_unique<SingleProcessRendezvous>();
     case RendezvousConfig::Method::kTcp:
-      return std::make_unique<TcpRendezvous>(config);
     case RendezvousConfig::Method::kFile:
-      return std::make_unique<FileRendezvous>(config);
+#if DDP_HAVE_C10D
+      return std::make_unique<StoreRendezvous>(make_store(config), config);
+#else
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] rendezvous through {} needs PyTorch's c10d stores, but this build of libddp has none (its "
+          "LibTorch lacks the torch/csrc/distributed/c10d headers). Rebuild against the torch wheel's LibTorch, or "
+          "launch with mpirun.",
+          config.rank, config.describe()));
+#endif
     case RendezvousConfig::Method::kMpi:
 #if DDP_HAVE_MPI
     {
@@ -197,7 +230,8 @@ void check_mpi_launch(const RendezvousConfig::EnvLookup& getenv) {
         "{}init_process_group: {}=\"{}\" says this job has several processes, but this one was not started by an MPI "
         "launcher, so the MPI backend would see a world of 1 and train alone. The MPI backend (CPU tensors) needs "
         "its ranks started by mpirun -np N (or srun --mpi=pmix); a torchrun-style launch (RANK, WORLD_SIZE, "
-        "MASTER_ADDR, MASTER_PORT) works with the nccl backend. Unset {} to run one process.",
+        "MASTER_ADDR, MASTER_PORT) works with the gloo backend on CPU and the nccl backend on GPU "
+        "(docs/launch.md). Unset {} to run one process.",
         env.prefix(), var, *value, var));
   }
 }

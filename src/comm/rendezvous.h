@@ -4,12 +4,15 @@
 // or NCCL, so it builds (and is tested) without them.
 //
 // Where the blob travels is chosen from the environment, like torchrun's env://:
-//   DDP_INIT_METHOD=file:///path   a shared file (FileRendezvous)
+//   DDP_INIT_METHOD=file:///path   a c10d::FileStore on a shared file (StoreRendezvous)
 //   DDP_INIT_METHOD=tcp://host:port, env:// or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT
-//                                  TCP to rank 0 (TcpRendezvous)
+//                                  a c10d::TCPStore served by rank 0, or by torchrun's
+//                                  agent (TORCHELASTIC_USE_AGENT_STORE=True) (StoreRendezvous)
+//   SLURM_NTASKS > 1 without MPI   the same TCPStore on the first host of the node list
 //   DDP_INIT_METHOD=mpi, or started by mpirun with MPI built
 //                                  a broadcast over MPI (ProcessGroupRendezvous)
 //   nothing set                    one process: rank 0 of a world of 1
+// The stores are PyTorch's own (LibTorch ships them); src/comm/store_factory.h makes them.
 #pragma once
 
 #include <chrono>
@@ -36,6 +39,20 @@ struct RendezvousConfig {
   int port = 0;              // kTcp: MASTER_PORT
   std::string path;          // kFile: the shared file
   std::chrono::milliseconds timeout = kDefaultTimeout;
+  // Where host/port came from, for messages: "MASTER_ADDR/MASTER_PORT", "DDP_INIT_METHOD",
+  // "SLURM_JOB_NODELIST", ...
+  std::string address_from = "MASTER_ADDR/MASTER_PORT";
+  // kTcp: torchrun's agent already serves the store on host:port
+  // (TORCHELASTIC_USE_AGENT_STORE=True), so every rank, rank 0 too, is a client.
+  bool agent_store = false;
+  // TORCHELASTIC_RESTART_COUNT: each restart of the workers rendezvouses under its own
+  // prefix of the (surviving) agent store, never reading an earlier attempt's keys.
+  int restart_count = 0;
+  // The process group's name (InitOptions::group_name); its keys live under it.
+  std::string group_name = "default";
+
+  // "ddp/attempt_<restart_count>/<group_name>/": the keys of this configuration's groups.
+  std::string store_prefix() const;
 
   // Reads DDP_INIT_METHOD, RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT and
   // DDP_TIMEOUT_S (falling back to the MPI launcher's rank variables), all through
@@ -72,7 +89,8 @@ class Rendezvous {
 // before creating an MPI group.
 void check_mpi_launch(const RendezvousConfig::EnvLookup& getenv = nullptr);
 
-// The rendezvous `config` asks for. kMpi starts MPI (only when MPI was built).
+// The rendezvous `config` asks for. kMpi starts MPI (only when MPI was built); kTcp and
+// kFile need the c10d stores (DDP_HAVE_C10D) and throw InvalidArgumentError without them.
 std::unique_ptr<Rendezvous> make_rendezvous(const RendezvousConfig& config);
 
 } // namespace ddp

@@ -254,6 +254,52 @@ std::optional<int> Env::master_port() const {
   return static_cast<int>(*port);
 }
 
+std::optional<FromVariable<std::string>> Env::slurm_first_host() const {
+  auto found = first_of({"SLURM_JOB_NODELIST", "SLURM_NODELIST"});
+  if (!found) return std::nullopt;
+  const std::string& list = found->value;
+  // Slurm's compressed host list: "prefix[a-b,c]suffix,other". The first host is the
+  // prefix followed by the first number of the first bracket (its zero padding kept).
+  const auto comma = list.find(',');
+  const auto bracket = list.find('[');
+  std::string host;
+  if (bracket == std::string::npos || (comma != std::string::npos && comma < bracket)) {
+    host = list.substr(0, comma);
+  } else {
+    const auto close = list.find(']', bracket);
+    const auto first_end = list.find_first_of("-,]", bracket + 1);
+    if (close == std::string::npos || first_end == bracket + 1) {
+      reject(found->variable, list, "a Slurm node list", "e.g. node[01-04,07] or node1,node2 (as Slurm sets it)");
+    }
+    host = list.substr(0, bracket) + list.substr(bracket + 1, first_end - bracket - 1);
+    // What follows the bracket up to the next host belongs to every host of the range.
+    const auto next = list.find(',', close);
+    host += list.substr(close + 1, next == std::string::npos ? std::string::npos : next - close - 1);
+  }
+  if (host.empty()) {
+    reject(found->variable, list, "a Slurm node list", "e.g. node[01-04,07] or node1,node2 (as Slurm sets it)");
+  }
+  return FromVariable<std::string>{host, found->variable};
+}
+
+std::optional<int> Env::slurm_job_id() const {
+  auto id = integer("SLURM_JOB_ID", 0, INT_MAX, "a Slurm job id");
+  if (!id) return std::nullopt;
+  return static_cast<int>(*id);
+}
+
+bool Env::use_agent_store() const {
+  auto on = word("TORCHELASTIC_USE_AGENT_STORE", {"false", "true", "0", "1"}, "a boolean");
+  return on && (*on == 1 || *on == 3);
+}
+
+int Env::restart_count() const {
+  auto count = integer("TORCHELASTIC_RESTART_COUNT", 0, INT_MAX, "how often torchrun restarted the workers");
+  return count ? static_cast<int>(*count) : 0;
+}
+
+std::optional<std::string> Env::gloo_socket_ifname() const { return text("GLOO_SOCKET_IFNAME"); }
+
 std::optional<std::string> Env::cuda_visible_devices() const { return text("CUDA_VISIBLE_DEVICES"); }
 
 } // namespace ddp::detail

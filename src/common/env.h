@@ -124,6 +124,20 @@ class Env {
   std::optional<std::string> master_addr() const;
   // MASTER_PORT: 1 to 65535; nullopt when unset.
   std::optional<int> master_port() const;
+  // The first host of the Slurm job's node list: SLURM_JOB_NODELIST, else SLURM_NODELIST
+  // ("node[07-09,12],gpu3" gives "node07"); nullopt when neither is set. Throws naming the
+  // variable when the list cannot be read.
+  std::optional<FromVariable<std::string>> slurm_first_host() const;
+  // SLURM_JOB_ID: 0 to INT_MAX; nullopt when unset.
+  std::optional<int> slurm_job_id() const;
+  // TORCHELASTIC_USE_AGENT_STORE=True|False (torchrun's agent serves the store on
+  // MASTER_ADDR:MASTER_PORT; every rank is a client); false when unset.
+  bool use_agent_store() const;
+  // TORCHELASTIC_RESTART_COUNT: how often torchrun restarted the workers, 0 to INT_MAX;
+  // 0 when unset.
+  int restart_count() const;
+  // GLOO_SOCKET_IFNAME: the network interface gloo binds; nullopt when unset.
+  std::optional<std::string> gloo_socket_ifname() const;
   // CUDA_VISIBLE_DEVICES, as written, for messages; nullopt when unset.
   std::optional<std::string> cuda_visible_devices() const;
 

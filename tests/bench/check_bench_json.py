@@ -9,11 +9,11 @@ MODES = {"local", "ddp", "naive"}
 RESULT_FIELDS = {"model", "mode", "median_ms", "p90_ms", "samples_per_s", "bytes_per_step", "buckets",
                  "hook_ms", "finalize_ms", "finalize_wait_ms", "hidden_fraction", "step_check_ms"}
 
-def main(path, world_size):
+def main(path, world_size, backend="mpi"):
     with open(path) as f:
         doc = json.load(f)
     assert doc["world_size"] == world_size, doc["world_size"]
-    assert doc["backend"] == "mpi" and doc["device"] == "cpu"
+    assert doc["backend"] == backend and doc["device"] == "cpu", (doc["backend"], doc["device"])
     seen = set()
     for r in doc["results"]:
         missing = RESULT_FIELDS - r.keys()
@@ -36,4 +36,4 @@ def main(path, world_size):
     print(f"ddp_bench JSON ok: {len(doc['results'])} results for {sorted(MODELS)}")
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4])

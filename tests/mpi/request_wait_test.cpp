@@ -48,7 +48,7 @@ using ddp::mpi::WaitPolicy;
 
 } // namespace
 
-TEST_CASE("the MPI wait mode: spin by default, sleep when asked", "[pg]") {
+TEST_CASE("the MPI wait mode: spin by default, sleep when asked", "[mpi][pg]") {
   ScopedEnv sleep_us("DDP_MPI_WAIT_SLEEP_US", nullptr);
   for (const char* unset_or_empty : {static_cast<const char*>(nullptr), ""}) {
     ScopedEnv mode("DDP_MPI_WAIT", unset_or_empty);
@@ -67,7 +67,7 @@ TEST_CASE("the MPI wait mode: spin by default, sleep when asked", "[pg]") {
   }
 }
 
-TEST_CASE("the MPI wait settings reject bad values, naming the variable, the rank and the choices", "[pg]") {
+TEST_CASE("the MPI wait settings reject bad values, naming the variable, the rank and the choices", "[mpi][pg]") {
   {
     ScopedEnv mode("DDP_MPI_WAIT", "poll");
     CHECK_THROWS_AS(WaitPolicy::from_env(3), ddp::InvalidArgumentError);
@@ -88,7 +88,7 @@ TEST_CASE("the MPI wait settings reject bad values, naming the variable, the ran
 
 // Different modes make different MPI calls, which never match: creating the group must
 // fail on every rank, naming each rank's mode, instead of hanging in the first collective.
-TEST_CASE("ranks with different DDP_MPI_WAIT modes fail at group creation, all of them", "[pg]") {
+TEST_CASE("ranks with different DDP_MPI_WAIT modes fail at group creation, all of them", "[mpi][pg]") {
   auto world = ddp::test::world_ptr();
   const int rank = world->rank();
   const int last = world->size() - 1;
@@ -124,7 +124,7 @@ TEST_CASE("ranks with different DDP_MPI_WAIT modes fail at group creation, all o
 
 // Settings read through detail::Env at init_process_group: a bad value fails there on every
 // rank (each rank has the same environment), naming the rank, the variable and the choices.
-TEST_CASE("init_process_group rejects a bad DDP_LOG_LEVEL and a timeout below 1 ms, naming them", "[pg]") {
+TEST_CASE("init_process_group rejects a bad DDP_LOG_LEVEL and a timeout below 1 ms, naming them", "[mpi][pg]") {
   const int rank = ddp::test::world_ptr()->rank();
   {
     ScopedEnv level("DDP_LOG_LEVEL", "LOUD");

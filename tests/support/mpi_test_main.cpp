@@ -1,4 +1,6 @@
-// Catch2 main for the multi-process tests, run under mpirun. Every rank runs every
+// Catch2 main for the multi-process tests, run under mpirun (the MPI backend) or under
+// torchrun with DDP_TEST_BACKEND=gloo (PyTorch's gloo, through libddp's c10d adapter),
+// so the same reducer tests run on both. Every rank runs every
 // test and asserts on its own results; after each test the ranks sum their failures
 // so rank 0 can say which ranks failed; at exit every rank returns non-zero if any
 // rank failed. A watchdog ends the job when one test runs past DDP_TEST_TIMEOUT_S
@@ -24,7 +26,9 @@
 int main(int argc, char** argv) {
   // Tests run 2-3 ranks on few cores: one compute thread each.
   at::set_num_threads(1);
-  auto pg = ddp::init_process_group("mpi");
+  // Chosen by the ctest entry (tests/CMakeLists.txt), not by users: "mpi" unless set.
+  const char* backend = std::getenv("DDP_TEST_BACKEND");
+  auto pg = ddp::init_process_group(backend && *backend ? backend : "mpi");
   ddp::test::set_world(pg);
   ddp::test::TestWatchdog watchdog("test");
   ddp::test::rank_listener_state().watchdog = &watchdog;

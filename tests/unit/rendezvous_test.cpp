@@ -1,7 +1,8 @@
-// The rendezvous that hands rank 0's NCCL id to the other ranks, tested without a GPU
-// or MPI: threads of this process play the ranks, over TCP on 127.0.0.1 (a free port)
-// and through a file in a fresh temporary directory. Every wait is bounded by a short
-// rendezvous timeout, so a broken rendezvous fails the test instead of hanging it.
+// The rendezvous that hands rank 0's NCCL id to the other ranks (and gathers the ranks of
+// a gloo group), tested without a GPU or MPI: threads of this process play the ranks, over
+// c10d's TCPStore on 127.0.0.1 (a free port) and its FileStore in a fresh temporary
+// directory. Every wait is bounded by a short rendezvous timeout, so a broken rendezvous
+// fails the test instead of hanging it.
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -24,10 +25,8 @@
 #include <ddp/error.h>
 #include <ddp/process_group.h>
 
-#include "comm/file_rendezvous.h"
 #include "comm/process_group_rendezvous.h"
 #include "comm/rendezvous.h"
-#include "comm/tcp_rendezvous.h"
 #include "loopback_process_group.h"
 
 namespace {
@@ -113,6 +112,19 @@ Outcome run_rank(ddp::Rendezvous& rendezvous, const std::string& key, const std:
   return out;
 }
 
+// Makes the rendezvous and runs one exchange: connecting to the store is where a rank that
+// cannot reach rank 0 fails, so creation errors are outcomes too.
+Outcome run_config(const RendezvousConfig& config, const std::string& key, const std::vector<char>& bytes) {
+  try {
+    auto rendezvous = ddp::make_rendezvous(config);
+    return run_rank(*rendezvous, key, bytes);
+  } catch (const ddp::TimeoutError& e) {
+    return Outcome{{}, e.what(), true};
+  } catch (const std::exception& e) {
+    return Outcome{{}, e.what(), false};
+  }
+}
+
 // Runs `ranks` concurrently, rank 0 after `root_delay` so the others must retry or poll.
 std::vector<Outcome> run_ranks(const std::function<std::unique_ptr<ddp::Rendezvous>(int)>& make,
                                const std::vector<int>& ranks, const std::function<std::string(int)>& key,
@@ -121,8 +133,14 @@ std::vector<Outcome> run_ranks(const std::function<std::unique_ptr<ddp::Rendezvo
   for (int r : ranks) {
     futures.push_back(std::async(std::launch::async, [&, r] {
       if (r == 0) std::this_thread::sleep_for(root_delay);
-      auto rendezvous = make(r);
-      return run_rank(*rendezvous, key(r), r == 0 ? payload : std::vector<char>{});
+      try {
+        auto rendezvous = make(r);
+        return run_rank(*rendezvous, key(r), r == 0 ? payload : std::vector<char>{});
+      } catch (const ddp::TimeoutError& e) {
+        return Outcome{{}, e.what(), true};
+      } catch (const std::exception& e) {
+        return Outcome{{}, e.what(), false};
+      }
     }));
   }
   std::vector<Outcome> outcomes;
@@ -157,7 +175,7 @@ TEST_CASE("TCP rendezvous hands rank 0's bytes to every rank, also when rank 0 s
   const int world = 4;
   const int port = free_port();
   const auto payload = random_bytes(128, 1);
-  auto make = [&](int r) { return std::make_unique<ddp::TcpRendezvous>(tcp_config(r, world, port, 10s)); };
+  auto make = [&](int r) { return ddp::make_rendezvous(tcp_config(r, world, port, 10s)); };
 
   // Two exchanges on the same port: the second must not trip over the first's socket.
   for (const std::string key : {"nccl/1", "nccl/2"}) {
@@ -172,7 +190,7 @@ TEST_CASE("TCP rendezvous hands rank 0's bytes to every rank, also when rank 0 s
 
 TEST_CASE("TCP rendezvous: rank 0 names the ranks that never connected", "[rendezvous][tcp]") {
   const int port = free_port();
-  auto make = [&](int r) { return std::make_unique<ddp::TcpRendezvous>(tcp_config(r, 3, port, 1500ms)); };
+  auto make = [&](int r) { return ddp::make_rendezvous(tcp_config(r, 3, port, 1500ms)); };
   const auto start = std::chrono::steady_clock::now();
   auto outcomes = run_ranks(make, {0, 1}, same_key("nccl/1"), random_bytes(16, 2));
   REQUIRE(std::chrono::steady_clock::now() - start < 10s);
@@ -187,15 +205,15 @@ TEST_CASE("TCP rendezvous: rank 0 names the ranks that never connected", "[rende
 
 TEST_CASE("TCP rendezvous: a rank that cannot reach rank 0 times out with the address", "[rendezvous][tcp]") {
   const int port = free_port();
-  ddp::TcpRendezvous rendezvous(tcp_config(1, 2, port, 500ms));
-  auto out = run_rank(rendezvous, "nccl/1", {});
+  auto out = run_config(tcp_config(1, 2, port, 500ms), "nccl/1", {});
   REQUIRE(out.timed_out);
   REQUIRE_THAT(out.error, Catch::Contains("[ddp rank 1]") && Catch::Contains("127.0.0.1:" + std::to_string(port)) &&
                               Catch::Contains("MASTER_ADDR") && Catch::Contains("DDP_TIMEOUT_S"));
 }
 
 TEST_CASE("TCP rendezvous: a MASTER_PORT already taken (torchrun's own store) names the fixes", "[rendezvous][tcp]") {
-  // What torchrun >= 2.4 does: its agent's TCPStore listens on MASTER_ADDR:MASTER_PORT.
+  // What torchrun >= 2.4's agent does when its store is not shared with the workers
+  // (TORCHELASTIC_USE_AGENT_STORE unset): it listens on MASTER_ADDR:MASTER_PORT.
   const int port = free_port();
   const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
   REQUIRE(holder >= 0);
@@ -205,18 +223,49 @@ TEST_CASE("TCP rendezvous: a MASTER_PORT already taken (torchrun's own store) na
   addr.sin_port = htons(static_cast<uint16_t>(port));
   REQUIRE(::bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
   REQUIRE(::listen(holder, 4) == 0);
-  ddp::TcpRendezvous root(tcp_config(0, 2, port, 2s));
-  auto out = run_rank(root, "nccl/1", {'x'});
+  auto out = run_config(tcp_config(0, 2, port, 2s), "nccl/1", {'x'});
   ::close(holder);
   REQUIRE_THAT(out.error, Catch::Contains("[ddp rank 0]") && Catch::Contains("MASTER_PORT=" + std::to_string(port)) &&
-                              Catch::Contains("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1") &&
+                              Catch::Contains("TORCHELASTIC_USE_AGENT_STORE") &&
                               Catch::Contains("DDP_INIT_METHOD=tcp://") && Catch::Contains("DDP_INIT_METHOD=file://"));
+}
+
+TEST_CASE("TCP rendezvous on torchrun's agent store: every rank, rank 0 too, is a client", "[rendezvous][tcp]") {
+  const int port = free_port();
+  // Serves the store on the port, as torchrun's agent does, and outlives the attempts.
+  auto agent = ddp::make_rendezvous(tcp_config(0, 1, port, 10s));
+  // Each attempt (TORCHELASTIC_RESTART_COUNT) rendezvouses under its own prefix.
+  for (int attempt : {0, 1}) {
+    auto make = [&](int r) {
+      auto c = tcp_config(r, 3, port, 10s);
+      c.agent_store = true;
+      c.restart_count = attempt;
+      return ddp::make_rendezvous(c);
+    };
+    const auto payload = random_bytes(64, 20 + attempt);
+    auto outcomes = run_ranks(make, {0, 1, 2}, same_key("nccl/1"), payload, 100ms);
+    for (size_t r = 0; r < outcomes.size(); ++r) {
+      INFO("attempt " << attempt << " rank " << r << ": " << outcomes[r].error);
+      REQUIRE(outcomes[r].error.empty());
+      REQUIRE(outcomes[r].bytes == payload);
+    }
+  }
+}
+
+TEST_CASE("TCP rendezvous: an agent store that is not there is named, with the address", "[rendezvous][tcp]") {
+  const int port = free_port();
+  auto c = tcp_config(0, 2, port, 500ms);
+  c.agent_store = true;
+  auto out = run_config(c, "nccl/1", {'x'});
+  REQUIRE(out.timed_out);
+  REQUIRE_THAT(out.error, Catch::Contains("[ddp rank 0]") && Catch::Contains("torchrun's agent") &&
+                              Catch::Contains("127.0.0.1:" + std::to_string(port)) && Catch::Contains("DDP_TIMEOUT_S"));
 }
 
 TEST_CASE("TCP rendezvous: ranks that disagree fail on both sides with the reason", "[rendezvous][tcp]") {
   SECTION("different keys (process groups created in different orders)") {
     const int port = free_port();
-    auto make = [&](int r) { return std::make_unique<ddp::TcpRendezvous>(tcp_config(r, 2, port, 5s)); };
+    auto make = [&](int r) { return ddp::make_rendezvous(tcp_config(r, 2, port, 5s)); };
     auto outcomes = run_ranks(make, {0, 1}, [](int r) { return r == 0 ? "nccl/1" : "nccl/2"; }, random_bytes(8, 3));
     REQUIRE_THAT(outcomes[0].error, Catch::Contains("[ddp rank 0]") && Catch::Contains("\"nccl/2\"") &&
                                         Catch::Contains("\"nccl/1\"") && Catch::Contains("same order"));
@@ -226,10 +275,8 @@ TEST_CASE("TCP rendezvous: ranks that disagree fail on both sides with the reaso
   }
   SECTION("different WORLD_SIZE") {
     const int port = free_port();
-    ddp::TcpRendezvous root(tcp_config(0, 2, port, 5s));
-    ddp::TcpRendezvous other(tcp_config(1, 3, port, 5s));
-    auto f0 = std::async(std::launch::async, [&] { return run_rank(root, "nccl/1", random_bytes(8, 4)); });
-    auto f1 = std::async(std::launch::async, [&] { return run_rank(other, "nccl/1", {}); });
+    auto f0 = std::async(std::launch::async, [&] { return run_config(tcp_config(0, 2, port, 5s), "nccl/1", random_bytes(8, 4)); });
+    auto f1 = std::async(std::launch::async, [&] { return run_config(tcp_config(1, 3, port, 5s), "nccl/1", {}); });
     const auto o0 = f0.get();
     const auto o1 = f1.get();
     REQUIRE_THAT(o0.error, Catch::Contains("WORLD_SIZE=3") && Catch::Contains("WORLD_SIZE=2"));
@@ -242,7 +289,7 @@ TEST_CASE("File rendezvous hands rank 0's bytes to every rank and leaves no file
   const std::string path = (dir.path / "rdzv").string();
   const int world = 3;
   const auto payload = random_bytes(128, 5);
-  auto make = [&](int r) { return std::make_unique<ddp::FileRendezvous>(file_config(r, world, path, 10s)); };
+  auto make = [&](int r) { return ddp::make_rendezvous(file_config(r, world, path, 10s)); };
 
   for (const std::string key : {"nccl/1", "nccl/2"}) {
     auto outcomes = run_ranks(make, {0, 1, 2}, same_key(key), payload, 150ms);
@@ -251,59 +298,30 @@ TEST_CASE("File rendezvous hands rank 0's bytes to every rank and leaves no file
       REQUIRE(outcomes[r].error.empty());
       REQUIRE(outcomes[r].bytes == payload);
     }
+    // c10d's FileStore removes its file when the last of its world_size users closes it.
     REQUIRE(std::distance(std::filesystem::directory_iterator(dir.path), std::filesystem::directory_iterator{}) == 0);
   }
-}
-
-TEST_CASE("File rendezvous replaces a file left by an earlier run", "[rendezvous][file]") {
-  TempDir dir;
-  const std::string path = (dir.path / "rdzv").string();
-  SECTION("unreadable leftovers") {
-    std::ofstream(path) << "left over by a crashed run";
-    std::ofstream(path + ".ack.1") << "stale";
-  }
-  SECTION("a whole publication of an earlier run, which a fast rank reads first") {
-    // An earlier run's rank 0 publishes and dies before anyone answers.
-    ddp::FileRendezvous earlier(file_config(0, 2, path, 300ms));
-    std::thread crash([&] { run_rank(earlier, "nccl/1", random_bytes(32, 99)); });
-    std::this_thread::sleep_for(100ms);
-    // Copy it before the earlier rank 0 times out and cleans up, as a crash would leave it.
-    std::filesystem::copy_file(path, path + ".kept");
-    crash.join();
-    std::filesystem::rename(path + ".kept", path);
-  }
-  const auto payload = random_bytes(32, 6);
-  auto make = [&](int r) { return std::make_unique<ddp::FileRendezvous>(file_config(r, 2, path, 10s)); };
-  auto outcomes = run_ranks(make, {0, 1}, same_key("nccl/1"), payload, 300ms);
-  for (size_t r = 0; r < outcomes.size(); ++r) {
-    INFO("rank " << r << ": " << outcomes[r].error);
-    REQUIRE(outcomes[r].error.empty());
-    REQUIRE(outcomes[r].bytes == payload);
-  }
-  REQUIRE_FALSE(std::filesystem::exists(path));
 }
 
 TEST_CASE("File rendezvous times out with the path and the missing ranks", "[rendezvous][file]") {
   TempDir dir;
   const std::string path = (dir.path / "rdzv").string();
   SECTION("a rank waiting for rank 0") {
-    ddp::FileRendezvous rendezvous(file_config(2, 3, path, 400ms));
-    auto out = run_rank(rendezvous, "nccl/1", {});
+    auto out = run_config(file_config(2, 3, path, 400ms), "nccl/1", {});
     REQUIRE(out.timed_out);
     REQUIRE_THAT(out.error, Catch::Contains("[ddp rank 2]") && Catch::Contains(path) &&
                                 Catch::Contains("DDP_INIT_METHOD"));
   }
   SECTION("rank 0 waiting for the others") {
-    auto make = [&](int r) { return std::make_unique<ddp::FileRendezvous>(file_config(r, 3, path, 800ms)); };
+    auto make = [&](int r) { return ddp::make_rendezvous(file_config(r, 3, path, 800ms)); };
     auto outcomes = run_ranks(make, {0, 2}, same_key("nccl/1"), random_bytes(8, 7));
     REQUIRE(outcomes[0].timed_out);
     REQUIRE_THAT(outcomes[0].error, Catch::Contains("[ddp rank 0]") && Catch::Contains("missing ranks: 1") &&
                                         Catch::Contains(path));
-    REQUIRE_FALSE(std::filesystem::exists(path));
   }
   SECTION("a directory that does not exist") {
-    ddp::FileRendezvous rendezvous(file_config(0, 2, (dir.path / "no" / "such" / "dir").string(), 400ms));
-    auto out = run_rank(rendezvous, "nccl/1", random_bytes(8, 8));
+    auto out = run_config(file_config(0, 2, (dir.path / "no" / "such" / "dir").string(), 400ms), "nccl/1",
+                          random_bytes(8, 8));
     REQUIRE_FALSE(out.timed_out);
     REQUIRE_THAT(out.error, Catch::Contains("[ddp rank 0]") && Catch::Contains("exists and is writable"));
   }
@@ -342,6 +360,21 @@ TEST_CASE("RendezvousConfig::from_env reads torchrun's variables and DDP_INIT_ME
     REQUIRE(c.host == "10.1.2.3");
     REQUIRE(c.port == 29500);
     REQUIRE(c.timeout == 2500ms);
+  }
+  SECTION("torchrun's agent store and restart count") {
+    auto c = RendezvousConfig::from_env(env({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "localhost"},
+                                             {"MASTER_PORT", "29500"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                                             {"TORCHELASTIC_RESTART_COUNT", "2"}}));
+    REQUIRE(c.agent_store);
+    REQUIRE(c.restart_count == 2);
+    REQUIRE(c.store_prefix() == "ddp/attempt_2/default/");
+    REQUIRE_THAT(c.describe(), Catch::Contains("torchrun's agent"));
+    auto off = RendezvousConfig::from_env(env({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "localhost"},
+                                               {"MASTER_PORT", "29500"}, {"TORCHELASTIC_USE_AGENT_STORE", "False"}}));
+    REQUIRE_FALSE(off.agent_store);
+    REQUIRE(off.restart_count == 0);
+    REQUIRE_THAT(from_env_error({{"TORCHELASTIC_USE_AGENT_STORE", "maybe"}}),
+                 Catch::Contains("TORCHELASTIC_USE_AGENT_STORE=\"maybe\""));
   }
   SECTION("WORLD_SIZE=1 is one process even with MASTER_ADDR set") {
     auto c = RendezvousConfig::from_env(
@@ -399,6 +432,28 @@ TEST_CASE("Slurm's variables without MASTER_ADDR, and WORLD_SIZE without mpirun 
   REQUIRE_THAT(from_env_error({{"SLURM_NTASKS", "4"}, {"SLURM_PROCID", "1"}}),
                Catch::Contains("MASTER_ADDR is not set") && Catch::Contains("SLURM_NTASKS=4") &&
                    Catch::Contains("scontrol show hostnames"));
+  // Without MASTER_ADDR, the store goes on the first host of the job's node list, on
+  // MASTER_PORT or a port from the job id.
+  {
+    auto slurm = RendezvousConfig::from_env(env({{"SLURM_NTASKS", "4"}, {"SLURM_PROCID", "3"}, {"SLURM_LOCALID", "1"},
+                                                 {"SLURM_JOB_NODELIST", "gpu[007-009,012]"}, {"SLURM_JOB_ID", "123456"}}));
+    CHECK(slurm.method == RendezvousConfig::Method::kTcp);
+    CHECK(slurm.host == "gpu007");
+    CHECK(slurm.port == 20000 + 123456 % 10000);
+    CHECK(slurm.rank == 3);
+    CHECK(slurm.world_size == 4);
+    CHECK(slurm.local_rank == 1);
+    CHECK_THAT(slurm.describe(), Catch::Contains("SLURM_JOB_NODELIST"));
+    auto listed = RendezvousConfig::from_env(env({{"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "0"},
+                                                  {"SLURM_NODELIST", "login1,node[1-2]"}, {"MASTER_PORT", "29555"}}));
+    CHECK(listed.host == "login1");
+    CHECK(listed.port == 29555);
+    auto suffixed = RendezvousConfig::from_env(
+        env({{"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "0"}, {"SLURM_NODELIST", "rack[3-4]-ib,other"}}));
+    CHECK(suffixed.host == "rack3-ib");
+    CHECK_THAT(from_env_error({{"SLURM_NTASKS", "2"}, {"SLURM_PROCID", "0"}, {"SLURM_NODELIST", "node[]"}}),
+               Catch::Contains("SLURM_NODELIST=\"node[]\""));
+  }
   // One Slurm task is one process.
   CHECK(RendezvousConfig::from_env(env({{"SLURM_NTASKS", "1"}, {"SLURM_PROCID", "0"}})).world_size == 1);
   // With MASTER_ADDR/MASTER_PORT, Slurm's rank and size are read.
@@ -418,7 +473,7 @@ TEST_CASE("Slurm's variables without MASTER_ADDR, and WORLD_SIZE without mpirun 
     return std::string();
   };
   CHECK_THAT(mpi_error({{"WORLD_SIZE", "2"}, {"RANK", "1"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}),
-             Catch::Contains("WORLD_SIZE=\"2\"") && Catch::Contains("mpirun -np N") && Catch::Contains("nccl"));
+             Catch::Contains("WORLD_SIZE=\"2\"") && Catch::Contains("mpirun -np N") && Catch::Contains("gloo"));
   CHECK_THAT(mpi_error({{"SLURM_NTASKS", "3"}}), Catch::Contains("SLURM_NTASKS=\"3\""));
   CHECK(mpi_error({}).empty());                                               // one process
   CHECK(mpi_error({{"WORLD_SIZE", "1"}}).empty());                            // one process, said so

@@ -61,8 +61,7 @@ c10::Device choose_device(std::optional<c10::Device> requested, const Rendezvous
 
 } // namespace
 
-std::shared_ptr<ProcessGroup> create(std::optional<c10::Device> device) {
-  const RendezvousConfig config = RendezvousConfig::from_env();
+std::shared_ptr<ProcessGroup> create(const RendezvousConfig& config, std::optional<c10::Device> device) {
   auto rendezvous = make_rendezvous(config);
   const int rank = rendezvous->rank();
   const int size = rendezvous->world_size();

@@ -1,0 +1,61 @@
+// ProcessGroupC10d: any PyTorch process group — a c10d::ProcessGroup (what
+// torch.distributed hands out, subgroups included) or a c10d::Backend (ProcessGroupGloo,
+// ProcessGroupNCCL, ProcessGroupMPI) — seen as a ddp::ProcessGroup, so the reducer runs
+// on it unchanged. Arguments are checked the way libddp's own backends check them;
+// collectives become WorkC10d; c10d's exceptions become CommError (TimeoutError for a
+// wait that ran out). Holds a reference on the c10d group for as long as it lives.
+#pragma once
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
+#include <atomic>
+#include <mutex>
+#include <string>
+
+#include <ddp/process_group.h>
+
+namespace ddp::c10d_adapter {
+
+// `Group` is c10d::ProcessGroup or c10d::Backend (explicitly instantiated for both).
+template <typename Group>
+class ProcessGroupC10d final : public ProcessGroup {
+ public:
+  // `device`: where this group takes its tensors (CPU for gloo, the rank's GPU for NCCL).
+  ProcessGroupC10d(c10::intrusive_ptr<Group> group, c10::Device device);
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  // "gloo", or "c10d:<name>" for another c10d backend (e.g. "c10d:nccl").
+  std::string backend() const override { return backend_; }
+  c10::Device device() const override { return device_; }
+
+  std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
+  std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
+  std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  void barrier() override;
+  // Aborts the c10d group (where its backend can) and fails every later call with `reason`.
+  void abort(const std::string& reason) override;
+
+  const c10::intrusive_ptr<Group>& group() const { return group_; }
+
+ private:
+  void check_tensor(const at::Tensor& tensor, const char* op) const;
+  void check_usable() const;
+  // Runs `issue` (which calls into c10d), turning its exceptions into CommError.
+  template <typename Issue>
+  std::shared_ptr<Work> run(const char* op, const at::Tensor& tensor, Issue&& issue);
+
+  c10::intrusive_ptr<Group> group_;
+  const c10::Device device_;
+  const int rank_;
+  const int size_;
+  const std::string backend_;
+  std::atomic<uint64_t> sequence_{0};
+  mutable std::mutex mutex_;
+  // The last collective issued: the next completes after it (WorkC10d).
+  std::weak_ptr<Work> last_;
+  std::string aborted_;
+};
+
+} // namespace ddp::c10d_adapter
