@@ -32,20 +32,8 @@ using ddp::test::ThrowInBackward;
 TEST_CASE("options that shape the collectives must agree: every rank names the option and each value", "[misuse]") {
   auto pg = ddp::test::world_ptr();
   const int r = pg->rank();
-  struct Case {
-    std::string name;
-    std::function<void(ddp::Options&)> change;
-    std::string value;
-  };
-  const std::vector<Case> cases = {
-      {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb(10); }, "10"},
-      {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb(2); }, "2"},
-      {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view(true); }, "true"},
-      {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb(0); }, "0"},
-      {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
-      {"static_graph", [](ddp::Options& o) { o.static_graph(true); }, "true"},
-  };
-  for (const Case& c : cases) {
+  const auto cases = ddp::test::option_mismatches();
+  for (const auto& c : cases) {
     CAPTURE(c.name);
     SmallNet net(true);
     ddp::Options o = short_timeout();

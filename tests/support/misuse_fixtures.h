@@ -27,6 +27,26 @@ inline ddp::Options short_timeout() {
   return o;
 }
 
+// An option that shapes the collectives, set differently on rank 1: its name, the change,
+// and the value the error must show for rank 1 (misuse_test and thread_ranks_misuse_test).
+struct OptionMismatch {
+  std::string name;
+  std::function<void(ddp::Options&)> change;
+  std::string value;
+};
+
+inline std::vector<OptionMismatch> option_mismatches() {
+  return {
+      {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb(10); }, "10"},
+      {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb(2); }, "2"},
+      {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view(true); }, "true"},
+      {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb(0); }, "0"},
+      {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
+      {"init_sync", [](ddp::Options& o) { o.init_sync(false); }, "false"},
+      {"static_graph", [](ddp::Options& o) { o.static_graph(true); }, "true"},
+  };
+}
+
 inline std::string rank_tag(int r) { return "[ddp rank " + std::to_string(r) + "]"; }
 
 // A Linear's weight gradient for loss = sum(W x + b) over a batch of rows x: every row

@@ -27,27 +27,15 @@
 
 #include "comm/process_group_rendezvous.h"
 #include "comm/rendezvous.h"
+#include "free_port.h"
 #include "loopback_process_group.h"
+
+using ddp::test::free_port;
 
 namespace {
 
 using namespace std::chrono_literals;
 using ddp::RendezvousConfig;
-
-// A TCP port on 127.0.0.1 that nothing listens on right now.
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // A directory of its own under the system temp dir, removed at the end of the test.
 struct TempDir {

@@ -65,21 +65,9 @@ const int kWorlds[] = {2, 3, 4};
 
 TEST_CASE("thread ranks: options that shape the collectives must agree: every rank names the option and each value",
           "[threads][misuse]") {
-  struct Case {
-    std::string name;
-    std::function<void(ddp::Options&)> change;
-    std::string value;
-  };
-  const std::vector<Case> cases = {
-      {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb(10); }, "10"},
-      {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb(2); }, "2"},
-      {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view(true); }, "true"},
-      {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb(0); }, "0"},
-      {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
-      {"static_graph", [](ddp::Options& o) { o.static_graph(true); }, "true"},
-  };
+  const auto cases = ddp::test::option_mismatches();
   for (int n : kWorlds) {
-    for (const Case& c : cases) {
+    for (const auto& c : cases) {
       CAPTURE(n, c.name);
       auto results = run_ranks(n, [&](int r, PG pg) {
         SmallNet net(true);
