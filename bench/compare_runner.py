@@ -442,12 +442,17 @@ def run_libddp_round(args, workdir, tag):
     merged = {"results": [], "models": []}
     for i, (models, find_unused) in enumerate(bench_groups(args)):
         jpath = os.path.join(workdir, f"libddp_{tag}_{i}.json")
-        cmd = args.mpirun_cmd + ["--oversubscribe", "--bind-to", "none", "-np", str(args.np), args.bench,
-                                 "--model", ",".join(models), "--mode", "local,ddp,naive" if args.naive else "local,ddp",
-                                 "--iterations", str(args.iterations), "--warmup", str(args.warmup),
-                                 "--window", str(args.window), "--threads", str(args.threads),
-                                 "--bucket-cap-mb", str(args.bucket_cap_mb), "--device", args.device,
-                                 "--json", jpath]
+        if args.libddp_backend == "gloo":
+            # PyTorch's gloo under libddp's reducer: launched as PyTorch users launch.
+            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                      str(args.np), "--no-python", args.bench, "--backend", "gloo"]
+        else:
+            launch = args.mpirun_cmd + ["--oversubscribe", "--bind-to", "none", "-np", str(args.np), args.bench]
+        cmd = launch + ["--model", ",".join(models), "--mode", "local,ddp,naive" if args.naive else "local,ddp",
+                        "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+                        "--window", str(args.window), "--threads", str(args.threads),
+                        "--bucket-cap-mb", str(args.bucket_cap_mb), "--device", args.device,
+                        "--json", jpath]
         if find_unused:
             cmd.append("--find-unused")
         if args.link_dev:

@@ -108,6 +108,9 @@ def parse_args(argv):
     p.add_argument("--rounds", type=int, default=2, help="A B rounds (PyTorch, libddp), default 2")
     p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="both sides' bucket cap (default 25)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu (gloo) or cuda (nccl)")
+    p.add_argument("--libddp-backend", choices=("mpi", "gloo"), default=None,
+                   help="libddp's CPU backend: mpi (ddp_bench under mpirun, the default) or gloo (ddp_bench "
+                        "--backend gloo under torchrun, PyTorch's ProcessGroupGloo under libddp's reducer)")
     p.add_argument("--bench", default=None, help="ddp_bench binary (default build/bench/ddp_bench)")
     p.add_argument("--mpirun", default="mpirun", help="mpirun command, may carry options (default mpirun)")
     p.add_argument("--json-out", default=None, help="write the comparison as JSON to PATH")
@@ -213,7 +216,14 @@ def main(argv):
 
         if not torch.cuda.is_available():
             die("--device cuda but torch sees no GPU", 2)
-    args.libddp_backend = "nccl" if args.device == "cuda" else "mpi"
+    if args.device == "cuda":
+        if args.libddp_backend:
+            die("--libddp-backend is for --device cpu; on CUDA libddp runs its NCCL backend", 2)
+        args.libddp_backend = "nccl"
+    elif args.libddp_backend == "gloo" and args.cluster:
+        die("--libddp-backend gloo runs on this machine only (torchrun --standalone); drop --cluster", 2)
+    else:
+        args.libddp_backend = args.libddp_backend or "mpi"
 
     info = machine_info(args)
     print("compare_torch.py: PyTorch DDP vs libddp ddp_bench, alternating A B per round")
