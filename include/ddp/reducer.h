@@ -36,8 +36,9 @@ class Reducer {
 
   // Parameters that do not require grad are not reduced. One collective verifies that
   // every rank agrees on the options that shape the collectives (bucket caps,
-  // gradient_as_bucket_view, in_place_min_mb, broadcast_buffers, static_graph), on every
-  // parameter, frozen ones included (count, names, shapes, dtypes, which are frozen), and
+  // gradient_as_bucket_view, in_place_min_mb, broadcast_buffers, init_sync, static_graph,
+  // step_check), on every parameter, frozen ones included (count, names, shapes, dtypes,
+  // which are frozen), and
   // on `buffers` (tensors that are not reduced but must match, e.g. to be broadcast);
   // throws ModelMismatchError on every rank otherwise, and InvalidArgumentError when no
   // parameter requires grad or a parameter is already managed by another Reducer.
