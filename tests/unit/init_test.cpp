@@ -116,3 +116,20 @@ TEST_CASE("a gloo rank whose peer never comes is told which rank is missing", "[
                     Contains("[ddp rank 0]") && Contains("missing ranks: 1") && Contains("WORLD_SIZE=2"));
 }
 #endif
+
+#if DDP_HAVE_C10D_NCCL
+// In a build with c10d-nccl (-DDDP_WITH_C10D_NCCL=ON) on a machine without a GPU, asking for
+// PyTorch's NCCL group is a user error with its cause, never a crash inside c10d. With a
+// GPU, the gpu tests (DDP_TEST_BACKEND=c10d-nccl) create the group instead.
+TEST_CASE("c10d-nccl without a CUDA device names the cause", "[init][c10d-nccl]") {
+  if (torch::cuda::device_count() > 0) {
+    SUCCEED("a CUDA device is visible: the gpu tests cover c10d-nccl (ctest -L gpu)");
+    return;
+  }
+  CHECK_THAT(error_of(ddp::InitOptions().backend("c10d-nccl")),
+             Contains("[ddp rank 0]") && Contains("c10d-nccl backend (PyTorch's ProcessGroupNCCL) needs a CUDA device") &&
+                 Contains("none is visible") && Contains("CUDA_VISIBLE_DEVICES="));
+  CHECK_THAT(error_of(ddp::InitOptions().backend("c10d-nccl").device(torch::Device(torch::kCUDA, 0))),
+             Contains("needs a CUDA device, but none is visible"));
+}
+#endif

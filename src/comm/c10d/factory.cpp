@@ -78,28 +78,58 @@ std::shared_ptr<ProcessGroup> create_gloo(const RendezvousConfig& config) {
 #endif
 
 #if DDP_HAVE_C10D_NCCL
-std::shared_ptr<ProcessGroup> create_c10d_nccl(const RendezvousConfig& config, std::optional<c10::Device> device) {
+namespace {
+
+// The rank's GPU, chosen as libddp's own NCCL backend chooses it (src/comm/nccl/factory.cpp):
+// the device given, else LOCAL_RANK, else rank modulo the visible devices. Checked here,
+// before ProcessGroupNCCL exists: without a device PyTorch's NCCL group would fail later,
+// inside its first collective, with a message that does not say why.
+c10::DeviceIndex c10d_nccl_device(const RendezvousConfig& config, std::optional<c10::Device> device) {
+  const int count = c10::cuda::device_count();
+  if (count == 0) {
+    const auto visible = detail::Env(config.rank).cuda_visible_devices();
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] the c10d-nccl backend (PyTorch's ProcessGroupNCCL) needs a CUDA device, but none is visible "
+        "(CUDA_VISIBLE_DEVICES={}). Check the driver (nvidia-smi), or train on the CPU with the gloo or mpi "
+        "backend.",
+        config.rank, visible ? fmt::format("\"{}\"", *visible) : std::string("unset")));
+  }
+  if (device && !device->is_cuda()) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] the c10d-nccl backend was given device {}; it needs a CUDA device (e.g. "
+        "torch::Device(torch::kCUDA, local_rank)). Use the gloo or mpi backend for CPU tensors.",
+        config.rank, device->str()));
+  }
   int index = 0;
-  if (device && device->is_cuda() && device->has_index()) {
+  if (device && device->has_index()) {
     index = device->index();
   } else if (config.local_rank >= 0) {
     index = config.local_rank;
-  } else if (c10::cuda::device_count() > 0) {
-    index = config.rank % c10::cuda::device_count();
+  } else {
+    index = config.rank % count;
   }
-  if (c10::cuda::device_count() <= index) {
+  if (index >= count) {
     throw InvalidArgumentError(fmt::format(
-        "[ddp rank {}] the c10d-nccl backend would use cuda:{}, but {} CUDA device(s) are visible. Start at most "
-        "that many ranks per machine, or check LOCAL_RANK and CUDA_VISIBLE_DEVICES.",
-        config.rank, index, c10::cuda::device_count()));
+        "[ddp rank {}] the c10d-nccl backend would use cuda:{}, but only {} CUDA device(s) are visible. Start at "
+        "most that many ranks per machine, or check LOCAL_RANK and CUDA_VISIBLE_DEVICES.",
+        config.rank, index, count));
   }
-  c10::cuda::set_device(static_cast<c10::DeviceIndex>(index));
+  return static_cast<c10::DeviceIndex>(index);
+}
+
+} // namespace
+
+std::shared_ptr<ProcessGroup> create_c10d_nccl(const RendezvousConfig& config, std::optional<c10::Device> device) {
+  const c10::DeviceIndex index = c10d_nccl_device(config, device);
+  c10::cuda::set_device(index);
   auto store = joined_store(config, "c10d-nccl");
   return creating("nccl", config, [&] {
     auto options = c10d::ProcessGroupNCCL::Options::create();
     options->timeout = config.timeout;
     auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, config.rank, config.world_size, options);
-    return from_c10d(nccl, c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index)));
+    detail::log(detail::LogLevel::kInfo, config.rank, "c10d-nccl process group of {} ranks on cuda:{} through {}",
+                config.world_size, index, config.describe());
+    return from_c10d(nccl, c10::Device(c10::kCUDA, index));
   });
 }
 #endif
