@@ -3,6 +3,7 @@
 //
 //   mpirun -np 2 build/bench/ddp_bench                     # every model, CPU, table
 //   torchrun --standalone --nproc-per-node 2 --no-python build/bench/ddp_bench --backend gloo
+//   build/bench/ddp_bench --device cuda --backend c10d-nccl   # PyTorch's ProcessGroupNCCL
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --json out.json
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --sweep 0.25,1,4,16,64 --sweep-out sweep
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --mode ddp --comm-hook allreduce,fp16,bf16,powersgd
@@ -80,8 +81,9 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
       "  --find-unused           Options::find_unused_parameters = true\n"
       "  --grad-as-bucket-view   Options::gradient_as_bucket_view = true\n"
       "  --threads N             compute threads per rank (default 1)\n"
-      "  --device cpu|cuda       where the model runs (cuda: NCCL backend)\n"
-      "  --backend NAME          mpi (under mpirun), gloo (under torchrun), nccl, c10d-nccl or auto (default)\n"
+      "  --device cpu|cuda       where the model runs (cuda: libddp's nccl unless --backend c10d-nccl)\n"
+      "  --backend NAME          mpi (under mpirun), gloo (under torchrun), nccl, c10d-nccl (PyTorch's NCCL group,\n"
+      "                          in builds with DDP_WITH_C10D_NCCL) or auto (default)\n"
       "  --json PATH             also write the results as JSON\n"
       "  --sweep CAPS            step time against bucket cap (MiB, comma-separated): CSV + PNG\n"
       "  --sweep-out PREFIX      files of the sweep: PREFIX.csv, PREFIX.png (default bench_sweep)\n"

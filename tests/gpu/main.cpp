@@ -5,9 +5,11 @@
 //   a CPU-only machine reports the gpu tests as skipped rather than passed or failed.
 //   With DDP_REQUIRE_GPU=1 (scripts/gpu-check.sh) it exits 1 instead: on the GPU machine
 //   a broken driver must fail the run, not skip it into a pass.
-// - DDP_TEST_BACKEND picks the world group: `nccl` (default) or `mpi`, the MPI backend
-//   with CUDA tensors (staged through host memory), which lets several ranks share one
-//   GPU. Each rank takes device (local rank % visible devices), as a trainer would.
+// - DDP_TEST_BACKEND picks the world group: `nccl` (default: libddp's own), `c10d-nccl`
+//   (PyTorch's ProcessGroupNCCL through the adapter, in builds with DDP_WITH_C10D_NCCL), or
+//   `mpi`, the MPI backend with CUDA tensors (staged through host memory), which lets
+//   several ranks share one GPU. Each rank takes device (local rank % visible devices), as
+//   a trainer would.
 // - As tests/support/mpi_test_main.cpp does for the CPU tests: after each test the ranks
 //   sum their failures, so all of them fail together and rank 0 names the failed ranks,
 //   and a watchdog ends the job when one test runs past DDP_TEST_TIMEOUT_S (120 s), so a
@@ -56,7 +58,7 @@ int local_rank_from_env() {
 
 // The group's collectives for the listener and the final sum: on the CPU for MPI (its
 // native path, so a broken CUDA staging shows as failed tests, not as ranks out of step),
-// on the rank's GPU for NCCL (which takes nothing else).
+// on the rank's GPU for NCCL and c10d-nccl (which take nothing else).
 at::Device g_reduction_device = at::kCPU;
 
 // Sums `value` over the ranks; throws on a timeout (the ranks are out of step).
@@ -94,18 +96,18 @@ int main(int argc, char** argv) {
 
   const char* backend_env = std::getenv("DDP_TEST_BACKEND");
   const std::string backend = backend_env != nullptr && *backend_env != '\0' ? backend_env : "nccl";
-  if (backend != "nccl" && backend != "mpi") {
-    std::cerr << "gpu tests: DDP_TEST_BACKEND=" << backend << " is not a backend: use nccl (default) or mpi"
-              << std::endl;
+  if (backend != "nccl" && backend != "c10d-nccl" && backend != "mpi") {
+    std::cerr << "gpu tests: DDP_TEST_BACKEND=" << backend
+              << " is not a backend: use nccl (default), c10d-nccl or mpi" << std::endl;
     return 2;
   }
   std::shared_ptr<ddp::ProcessGroup> pg;
   try {
-    if (backend == "nccl") {
+    if (backend == "nccl" || backend == "c10d-nccl") {
       // The library picks the device the way a trainer's would: LOCAL_RANK,
       // OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or SLURM_LOCALID, else rank modulo the
       // visible devices (so ranks under mpirun without LOCAL_RANK do not all take cuda:0).
-      pg = ddp::init_process_group("nccl");
+      pg = ddp::init_process_group(backend);
       ddp::test::set_world(pg, pg->device());
       g_reduction_device = pg->device();
     } else {
