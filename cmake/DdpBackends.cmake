@@ -74,22 +74,22 @@ if(DDP_HAVE_C10D_NCCL AND DDP_HAVE_NCCL)
       message(STATUS "libddp: could not read ${DDP_TORCH_CUDA_LIBRARY}'s libraries (objdump -p); "
                      "not checked that libddp's NCCL is libtorch_cuda's")
     elseif(NOT _ddp_torch_cuda_headers MATCHES "NEEDED +libnccl\\.so")
-      set(_ddp_two_nccls "${DDP_TORCH_CUDA_LIBRARY} has NCCL linked in statically, and libddp's own NCCL backend "
+      string(CONCAT _ddp_two_nccls "${DDP_TORCH_CUDA_LIBRARY} has NCCL linked in statically, and libddp's own NCCL backend "
                          "would load ${DDP_NCCL_LIBRARY} beside it")
     elseif(EXISTS "${_ddp_torch_nccl}")
       get_filename_component(_ddp_torch_nccl "${_ddp_torch_nccl}" REALPATH)
       if(NOT _ddp_torch_nccl STREQUAL _ddp_nccl_lib_real)
-        set(_ddp_two_nccls "libtorch_cuda loads ${_ddp_torch_nccl} (the nvidia-nccl wheel), but libddp's own NCCL "
+        string(CONCAT _ddp_two_nccls "libtorch_cuda loads ${_ddp_torch_nccl} (the nvidia-nccl wheel), but libddp's own NCCL "
                            "backend would link ${DDP_NCCL_LIBRARY} (NCCL_ROOT or DDP_NCCL_LIBRARY points elsewhere)")
       endif()
     endif()
   endif()
   if(_ddp_two_nccls)
     # DDP_WITH_NCCL=AUTO: libddp's own NCCL backend is left out (with this message); ON: an error.
-    ddp_backend_off(DDP_WITH_NCCL "NCCL backend (with DDP_WITH_C10D_NCCL=ON)"
-                    "one process can hold one NCCL and ${_ddp_two_nccls}. Build one of the two NCCL paths "
-                    "(-DDDP_WITH_NCCL=OFF keeps c10d-nccl; -DDDP_WITH_C10D_NCCL=OFF keeps libddp's nccl), or point "
-                    "NCCL_ROOT at the NCCL libtorch_cuda loads")
+    string(CONCAT _ddp_two_nccls_reason "one process can hold one NCCL, and ${_ddp_two_nccls}. Build one of the "
+                  "two NCCL paths (-DDDP_WITH_NCCL=OFF keeps c10d-nccl; -DDDP_WITH_C10D_NCCL=OFF keeps libddp's "
+                  "nccl), or point NCCL_ROOT at the NCCL that libtorch_cuda loads (docs/launch.md)")
+    ddp_backend_off(DDP_WITH_NCCL "NCCL backend (with DDP_WITH_C10D_NCCL=ON)" "${_ddp_two_nccls_reason}")
     set(DDP_HAVE_NCCL 0)
   endif()
 endif()
