@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The GPU check (docs/gpu-check.md): on a machine with a CUDA GPU and the PyPI torch wheel,
-# builds libddp against that torch (NCCL from the wheel's nvidia-nccl) into build-gpu/ and
-# runs, on ONE GPU:
-#   - every gpu test at world 1 (NCCL), and the CUDA reducer tests at world 2 and 3 over
-#     the MPI backend (CUDA tensors staged through host memory; several ranks share the
-#     GPU), and NCCL at world 2 (each rank its own NCCL_HOSTID): ctest -L gpu. The reducer
-#     tests check DDP's gradients against single-process autograd on CUDA;
-#   - ddp_bench and bench/compare_torch.py (PyTorch DDP with NCCL, same model) at world 1
-#     and 2: step time, overhead over no DDP, host time in hooks and finalize.
+# builds libddp against that torch (NCCL from the wheel's nvidia-nccl) into build-gpu/, with
+# both NCCL paths: libddp's own `nccl` and `c10d-nccl` (PyTorch's ProcessGroupNCCL under
+# libddp's reducer, -DDDP_WITH_C10D_NCCL=ON). It runs, on ONE GPU:
+#   - the gpu tests at world 1 and 2 on each NCCL path (world 2: each rank its own
+#     NCCL_HOSTID), and the CUDA reducer tests at world 2 and 3 over the MPI backend (CUDA
+#     tensors staged through host memory; several ranks share the GPU): ctest -L gpu. The
+#     reducer tests check DDP's gradients against single-process autograd on CUDA;
+#   - ddp_bench at world 1 and 2 on each NCCL path, side by side in the summary, then
+#     bench/compare_torch.py (PyTorch DDP with NCCL against libddp's nccl, same model):
+#     step time, overhead over no DDP, host time in hooks and finalize.
+# The steps that compare the two NCCL paths come first after the build, the slow
+# comparison with PyTorch DDP last, so that a run cut short by TOTAL_LIMIT keeps them.
 # What the machine lacks (Catch2, an MPI) comes from .gpu-carry/, which scripts/gpu-carry.sh
 # fills on the dev machine and the device tool carries along.
 #
@@ -18,13 +22,14 @@
 # after a failed step the script goes on, so one run collects every log. Exit status is
 # non-zero if any step failed. Files (at most 8: the device tool brings back no more):
 #   $OUT/gpu-check.log   everything, as printed      $OUT/summary.txt  the summary table
-#   $OUT/logs.tar.gz     one log per step, CMakeCache.txt, the bench JSON
-#   $OUT/*.json          ddp_bench (world 1, 2) and compare_torch.py (world 1, 2) results
+#   $OUT/logs.tar.gz     one log per step, CMakeCache.txt, every bench JSON (c10d-nccl's too)
+#   $OUT/*.json          ddp_bench on nccl (world 1, 2) and compare_torch.py (world 1, 2)
 # OUT unset: build-gpu/gpu-check-out/.
 #
 #   scripts/gpu-check.sh                          # from anywhere
 #   GPU_CHECK_BUILD_ONLY=1 scripts/gpu-check.sh   # no GPU needed: configure, build, and
 #                                                 # run the CPU mpi tests' [pg] at world 2
+#                                                 # and the unit tests' [c10d-nccl] (no GPU)
 #   BUILD_DIR=build-x JOBS=8 ITERATIONS=50 BENCH_MODELS=mlp,small ROUNDS=2 TOTAL_LIMIT=480 \
 #     BUILD_LIMIT=360 GPU_CARRY_DIR=.gpu-carry scripts/gpu-check.sh
 set -uo pipefail
@@ -52,7 +57,7 @@ COMBINED="$OUT_DIR/gpu-check.log"
 START=$(date +%s)
 
 mkdir -p "$OUT_DIR" "$LOG_DIR" "$AUX"
-rm -f "$LOG_DIR"/*.log "$COMBINED" "$OUT_DIR/summary.txt" "$OUT_DIR"/*.json "$OUT_DIR/logs.tar.gz"
+rm -f "$LOG_DIR"/*.log "$LOG_DIR"/*.json "$COMBINED" "$OUT_DIR/summary.txt" "$OUT_DIR"/*.json "$OUT_DIR/logs.tar.gz"
 
 # Step name, status and seconds, for the summary; notes are the findings under it.
 declare -a SUMMARY=()
@@ -221,7 +226,7 @@ fi
 # this is unset; libddp compiles no CUDA code, so any value will do and saves that.
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 run_step configure 180 cmake "${GENERATOR[@]}" -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
-  -DDDP_WITH_NCCL=ON -DDDP_WITH_MPI=ON -DDDP_BUILD_TESTS=ON -DDDP_BUILD_BENCH=ON -DDDP_BUILD_EXAMPLES=OFF \
+  -DDDP_WITH_NCCL=ON -DDDP_WITH_C10D_NCCL=ON -DDDP_WITH_MPI=ON -DDDP_BUILD_TESTS=ON -DDDP_BUILD_BENCH=ON -DDDP_BUILD_EXAMPLES=OFF \
   -DPython3_EXECUTABLE="$(command -v "$PYTHON")" "${MPI_ARGS[@]}" "${CATCH2_ARGS[@]}"
 CONFIGURED=$?
 
@@ -230,7 +235,8 @@ if ((CONFIGURED == 0)); then
   # one broken target still leaves the others.
   run_step build "$BUILD_LIMIT" cmake --build "$BUILD" -j "$JOBS" -- "${KEEP_GOING[@]}"
   run_step ctest-list 30 bash -c "cd '$BUILD' && ctest -N -L gpu | tee '$AUX/gpu-tests.list' && \
-    for t in gpu_tests gpu_abort_test gpu_mpi_np2_reducer gpu_mpi_np3_reducer gpu_nccl_np2; do \
+    for t in gpu_tests gpu_abort_test gpu_c10d_nccl_tests gpu_mpi_np2_reducer gpu_mpi_np3_reducer gpu_nccl_np2 \
+             gpu_c10d_nccl_np2; do \
       grep -q \": \$t\$\" '$AUX/gpu-tests.list' || { echo \"gpu-check: ctest -L gpu lacks \$t\"; exit 1; }; done"
 else
   not_run build "configure failed"
@@ -245,34 +251,55 @@ else
 fi
 
 if ((BUILD_ONLY)); then
+  # Without a GPU, c10d-nccl must refuse with the cause (tests/unit/init_test.cpp).
+  if [[ -x "$BUILD/tests/ddp_unit_tests" ]]; then
+    run_step unit-c10d-nccl 60 "$BUILD/tests/ddp_unit_tests" "[c10d-nccl]" --warn NoTests --use-colour no
+  else
+    not_run unit-c10d-nccl "ddp_unit_tests was not built"
+  fi
   say "gpu-check: GPU_CHECK_BUILD_ONLY=1: built; no GPU step runs"
   exit "$FAILED"
 fi
 
-# --- gpu tests ------------------------------------------------------------------------------
+# --- the two NCCL paths side by side, world 1 -------------------------------------------------
+# Cheapest first: every step of a GPU job pays CUDA's and NCCL's start-up.
+BENCH="$BUILD/bench/ddp_bench"
+BENCH_ARGS=(--device cuda --model "$BENCH_MODELS" --iterations "$ITERATIONS")
 ctest_step gpu-np1-nccl 150 '^gpu_(tests|abort_test)$'
-ctest_step gpu-mpi-np2-np3 180 '^gpu_mpi_np[23]_reducer$'
-# NCCL's own log of the communicator's set-up says whether it took both ranks on one GPU.
-export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET ctest_step nccl-np2 150 '^gpu_nccl_np2$'
-NCCL_RC=$?
-NCCL_LOG="$LOG_DIR/nccl-np2.log"
-if [[ -f "$NCCL_LOG" ]]; then
-  inits=$(grep -c "Init COMPLETE" "$NCCL_LOG")
-  if grep -q "Duplicate GPU" "$NCCL_LOG"; then
-    NOTES+=("nccl-np2: NCCL REFUSED two ranks on one GPU despite NCCL_HOSTID: $(grep -m1 'Duplicate GPU' "$NCCL_LOG")")
-  elif ((NCCL_RC == 0)); then
-    NOTES+=("nccl-np2: NCCL accepted two ranks on one GPU (a NCCL_HOSTID per rank, sockets on lo); the gpu tests passed at world 2 ($inits communicator inits completed)")
-  elif ((inits >= 2)); then
-    NOTES+=("nccl-np2: NCCL accepted two ranks on one GPU ($inits communicator inits completed), but the tests FAILED: see nccl-np2.log")
-  else
-    why=$(grep -m1 'NCCL WARN' "$NCCL_LOG" || grep -v '^==>' "$NCCL_LOG" | grep -m1 -E 'FAILED|NOT RUN|rror' || echo "see nccl-np2.log")
-    NOTES+=("nccl-np2: FAILED before NCCL completed a two-rank communicator: $why")
-  fi
+ctest_step gpu-np1-c10d-nccl 120 '^gpu_c10d_nccl_tests$'
+if [[ -x "$BENCH" ]]; then
+  run_step ddp-bench-np1 90 "$BENCH" --backend nccl "${BENCH_ARGS[@]}" --json "$OUT_DIR/ddp-bench-np1.json"
+  # c10d-nccl's JSON goes with the logs (logs.tar.gz): $OUT holds at most 8 files.
+  run_step ddp-bench-np1-c10d 90 "$BENCH" --backend c10d-nccl "${BENCH_ARGS[@]}" \
+    --json "$LOG_DIR/ddp-bench-np1-c10d-nccl.json"
+else
+  for s in ddp-bench-np1 ddp-bench-np1-c10d; do not_run "$s" "bench/ddp_bench was not built"; done
 fi
 
-# --- benchmark: libddp against PyTorch DDP (NCCL), world 1 and 2, on the one GPU -----------
-BENCH="$BUILD/bench/ddp_bench"
+# --- world 2 on the one GPU, each NCCL path ----------------------------------------------------
+# NCCL's own log of the communicator's set-up says whether it took both ranks on one GPU.
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+# nccl_verdict STEP RC: a finding under the summary, from the step's NCCL INFO log.
+nccl_verdict() {
+  local step=$1 rc=$2 log="$LOG_DIR/$1.log" inits why
+  [[ -f "$log" ]] || return 0
+  inits=$(grep -c "Init COMPLETE" "$log")
+  if grep -q "Duplicate GPU" "$log"; then
+    NOTES+=("$step: NCCL REFUSED two ranks on one GPU despite NCCL_HOSTID: $(grep -m1 'Duplicate GPU' "$log")")
+  elif ((rc == 0)); then
+    NOTES+=("$step: NCCL accepted two ranks on one GPU (a NCCL_HOSTID per rank, sockets on lo); the gpu tests passed at world 2 ($inits communicator inits completed)")
+  elif ((inits >= 2)); then
+    NOTES+=("$step: NCCL accepted two ranks on one GPU ($inits communicator inits completed), but the tests FAILED: see $step.log")
+  else
+    why=$(grep -m1 'NCCL WARN' "$log" || grep -v '^==>' "$log" | grep -m1 -E 'FAILED|NOT RUN|rror' || echo "see $step.log")
+    NOTES+=("$step: FAILED before NCCL completed a two-rank communicator: $why")
+  fi
+}
+NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET ctest_step nccl-np2 150 '^gpu_nccl_np2$'
+nccl_verdict nccl-np2 $?
+NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT,NET ctest_step c10d-nccl-np2 150 '^gpu_c10d_nccl_np2$'
+nccl_verdict c10d-nccl-np2 $?
+
 # World 2: each rank a host of its own for NCCL (tests/gpu/share_one_gpu.sh). ddp_bench goes
 # through the script; PyTorch's ranks (started by compare_torch.py with RANK set) take
 # their NCCL_HOSTID from a sitecustomize on PYTHONPATH, which then runs the one it hides.
@@ -281,6 +308,23 @@ cat >"$AUX/ddp_bench_share_one_gpu" <<EOF
 exec "$ROOT/tests/gpu/share_one_gpu.sh" "$BENCH" "\$@"
 EOF
 chmod +x "$AUX/ddp_bench_share_one_gpu"
+if [[ -x "$BENCH" ]]; then
+  run_step ddp-bench-np2 90 mpirun --oversubscribe --bind-to none -np 2 "$AUX/ddp_bench_share_one_gpu" \
+    --backend nccl "${BENCH_ARGS[@]}" --json "$OUT_DIR/ddp-bench-np2-nccl.json"
+  # c10d-nccl's ranks meet on a c10d store, not over MPI (mpirun only starts them): a fresh
+  # FileStore, as a FileStore must not be left over from an earlier job.
+  rm -f "$AUX/bench-c10d-nccl.store"
+  run_step ddp-bench-np2-c10d 90 env DDP_INIT_METHOD="file://$AUX/bench-c10d-nccl.store" \
+    mpirun --oversubscribe --bind-to none -np 2 "$AUX/ddp_bench_share_one_gpu" \
+    --backend c10d-nccl "${BENCH_ARGS[@]}" --json "$LOG_DIR/ddp-bench-np2-c10d-nccl.json"
+else
+  for s in ddp-bench-np2 ddp-bench-np2-c10d; do not_run "$s" "bench/ddp_bench was not built"; done
+fi
+
+# --- the MPI backend on CUDA tensors -------------------------------------------------------
+ctest_step gpu-mpi-np2-np3 180 '^gpu_mpi_np[23]_reducer$'
+
+# --- libddp (nccl) against PyTorch DDP (NCCL), world 1 and 2, on the one GPU: last, slowest --
 mkdir -p "$AUX/py"
 cat >"$AUX/py/sitecustomize.py" <<'EOF'
 # gpu-check.sh: a rank of PyTorch DDP sharing one GPU with the others gets a NCCL host id
@@ -301,43 +345,59 @@ COMPARE=("$PYTHON" "$ROOT/bench/compare_torch.py" --device cuda --models "$BENCH
   --rounds "$ROUNDS" --timeout 150 --mpirun mpirun)
 
 if [[ -x "$BENCH" ]]; then
-  run_step ddp-bench-np1 90 "$BENCH" --device cuda --model "$BENCH_MODELS" --iterations "$ITERATIONS" \
-    --json "$OUT_DIR/ddp-bench-np1.json"
   run_step compare-np1 150 "${COMPARE[@]}" --np 1 --bench "$BENCH" --json-out "$OUT_DIR/compare-np1.json"
-  run_step ddp-bench-np2 90 mpirun --oversubscribe --bind-to none -np 2 "$AUX/ddp_bench_share_one_gpu" \
-    --device cuda --model "$BENCH_MODELS" --iterations "$ITERATIONS" --json "$OUT_DIR/ddp-bench-np2-nccl.json"
   run_step compare-np2 180 env "${ONE_GPU_NCCL_ENV[@]}" PYTHONPATH="$AUX/py${PYTHONPATH:+:$PYTHONPATH}" \
     "${COMPARE[@]}" --np 2 --bench "$AUX/ddp_bench_share_one_gpu" --json-out "$OUT_DIR/compare-np2.json"
 else
-  for s in ddp-bench-np1 compare-np1 ddp-bench-np2 compare-np2; do not_run "$s" "bench/ddp_bench was not built"; done
+  for s in compare-np1 compare-np2; do not_run "$s" "bench/ddp_bench was not built"; done
 fi
 
-# The numbers the issue asks for, from the JSON, under the summary table.
-if REPORT=$("$PYTHON" - "$OUT_DIR" <<'EOF'
+# The numbers the issue asks for, from the JSON, under the summary table: each run, the two
+# NCCL paths side by side, and libddp against PyTorch DDP.
+if REPORT=$("$PYTHON" - "$OUT_DIR" "$LOG_DIR" <<'EOF'
 import json, os, sys
-out = sys.argv[1]
+dirs = sys.argv[1:]
 lines = []
 def load(name):
-    try:
-        with open(os.path.join(out, name)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-for name, label in (("ddp-bench-np1.json", "world 1"), ("ddp-bench-np2-nccl.json", "world 2 (NCCL_HOSTID)")):
+    for d in dirs:
+        try:
+            with open(os.path.join(d, name)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            continue
+    return None
+# ddp_bench's runs: (file, world label, path). nccl's files are in $OUT, c10d-nccl's in the logs.
+RUNS = (("ddp-bench-np1.json", "world 1", "nccl"), ("ddp-bench-np1-c10d-nccl.json", "world 1", "c10d-nccl"),
+        ("ddp-bench-np2-nccl.json", "world 2 (NCCL_HOSTID)", "nccl"),
+        ("ddp-bench-np2-c10d-nccl.json", "world 2 (NCCL_HOSTID)", "c10d-nccl"))
+steps = {}  # (world label, model) -> {path: (ddp ms, local ms)}
+for name, label, path in RUNS:
     d = load(name)
     if not d:
-        lines.append(f"bench {label}: no result ({name} missing)")
+        lines.append(f"bench {label} {path}: no result ({name} missing)")
         continue
     by = {(r["model"], r["mode"]): r for r in d["results"]}
     for model in dict.fromkeys(r["model"] for r in d["results"]):
         loc, ddp = by.get((model, "local")), by.get((model, "ddp"))
         if not (loc and ddp):
             continue
+        steps.setdefault((label, model), {})[path] = (ddp["median_ms"], loc["median_ms"])
         host = ddp["finalize_ms"] - ddp["finalize_wait_ms"]
         lines.append(f"bench libddp {label} {d['backend']} {model}: step {ddp['median_ms']:.3f} ms, no DDP "
                      f"{loc['median_ms']:.3f} ms, overhead {100 * (ddp['median_ms'] / loc['median_ms'] - 1):.0f}%; "
                      f"hooks {ddp['hook_ms']:.3f} ms/step, finalize {ddp['finalize_ms']:.3f} ms/step "
                      f"(host {host:.3f}, waiting {ddp['finalize_wait_ms']:.3f})")
+# The two NCCL paths side by side: the same reducer, libddp's NCCL against PyTorch's.
+if steps:
+    lines.append("NCCL paths side by side (ddp_bench median step; in brackets its overhead over the same run's "
+                 "no-DDP step):")
+    lines.append(f"  {'world':<22} | {'model':<8} | {'nccl (libddp)':<20} | {'c10d-nccl (PyTorch)':<20} | c10d/nccl")
+    def cell(v):
+        return f"{v[0]:.3f} ms ({100 * (v[0] / v[1] - 1):+.0f}%)" if v else "no result"
+    for (label, model), by_path in steps.items():
+        n, c = by_path.get("nccl"), by_path.get("c10d-nccl")
+        ratio = f"{c[0] / n[0]:.2f}" if n and c else "-"
+        lines.append(f"  {label:<22} | {model:<8} | {cell(n):<20} | {cell(c):<20} | {ratio}")
 for name, label in (("compare-np1.json", "world 1"), ("compare-np2.json", "world 2 (NCCL_HOSTID)")):
     d = load(name)
     if not d:
