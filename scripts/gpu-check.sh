@@ -28,7 +28,7 @@
 #
 #   scripts/gpu-check.sh                          # from anywhere
 #   GPU_CHECK_BUILD_ONLY=1 scripts/gpu-check.sh   # no GPU needed: configure, build, and
-#                                                 # run the CPU mpi tests' [pg] at world 2
+#                                                 # run the CPU mpi tests' [pg]~[gloo] at world 2
 #                                                 # and the unit tests' [c10d-nccl] (no GPU)
 #   BUILD_DIR=build-x JOBS=8 ITERATIONS=50 BENCH_MODELS=mlp,small ROUNDS=2 TOTAL_LIMIT=480 \
 #     BUILD_LIMIT=360 GPU_CARRY_DIR=.gpu-carry scripts/gpu-check.sh
@@ -243,9 +243,10 @@ else
 fi
 
 # --- the carried MPI runs: the CPU multi-process tests' [pg] at world 2 --------------------
+# ~[gloo]: the gloo cases need MASTER_ADDR/MASTER_PORT, which ctest's gloo entries set.
 if [[ -x "$BUILD/tests/ddp_mpi_tests" ]]; then
   run_step mpi-cpu-np2 90 env DDP_TIMEOUT_S=60 DDP_TEST_TIMEOUT_S=60 OMP_NUM_THREADS=1 \
-    mpirun --oversubscribe --bind-to none -np 2 "$BUILD/tests/ddp_mpi_tests" "[pg]" --warn NoTests --use-colour no
+    mpirun --oversubscribe --bind-to none -np 2 "$BUILD/tests/ddp_mpi_tests" "[pg]~[gloo]" --warn NoTests --use-colour no
 else
   not_run mpi-cpu-np2 "ddp_mpi_tests was not built"
 fi
