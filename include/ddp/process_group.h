@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 #include <chrono>
 #include <memory>
@@ -16,6 +17,17 @@
 #include <ddp/work.h>
 
 namespace ddp {
+
+// How ProcessGroup::allreduce_ordered adds (docs/semantics.md, "Reproducible reduction").
+struct OrderedReduce {
+  // What travels: each rank's values are cast to it before they are sent, and the sums
+  // are cast to it before they are sent back.
+  c10::ScalarType wire;
+  // What each element's sum is computed in.
+  c10::ScalarType accumulate;
+  // The sum is divided by this (in `accumulate`) before it travels back; 1: a plain sum.
+  int64_t divisor = 1;
+};
 
 class ProcessGroup {
  public:
@@ -41,6 +53,17 @@ class ProcessGroup {
   virtual std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) = 0;
   // Blocks until every rank has reached it.
   virtual void barrier() = 0;
+
+  // In-place sum whose bits do not depend on the tensor's length, the message sizes or
+  // the library's algorithm: every element becomes
+  //   wire(((acc(x_0) + acc(x_1)) + ... + acc(x_{n-1})) / divisor)
+  // with x_r rank r's element cast to `how.wire`, acc() a cast to `how.accumulate`, the
+  // adds in rank order, and the result cast back to the tensor's dtype. The same bits on
+  // every rank. The built-in groups run it as an owner-sums exchange (rank j adds the
+  // j-th of n chunks, then an allgather returns the sums: 2 (n - 1) / n of the tensor on
+  // the wire, as a ring all-reduce sends). This default, for other groups, allgathers
+  // the whole tensor and adds on every rank (n times the bytes) and blocks until done.
+  virtual std::shared_ptr<Work> allreduce_ordered(at::Tensor tensor, OrderedReduce how);
 
   // Gives up on the collectives in flight, because the caller knows their peers are gone
   // or out of step (they may never complete), so that no thread or stream waits on them;

@@ -16,16 +16,18 @@ std::vector<size_t> reverse_order(size_t count) {
 }
 
 std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& tensors,
-                                                const std::vector<size_t>& order, BucketCaps caps) {
+                                                const std::vector<size_t>& order, BucketCaps caps,
+                                                const std::vector<int>& groups) {
   DDP_CHECK_EQ(order.size(), tensors.size());
+  DDP_CHECK(groups.empty() || groups.size() == tensors.size(), "one group per tensor");
   struct Open {
     std::vector<size_t> members;
     size_t bytes = 0;
     size_t last_position = 0;
     bool first = true;
   };
-  // Key: (device type, device index, dtype).
-  std::map<std::tuple<int, int, int>, Open> open;
+  // Key: (device type, device index, dtype, group).
+  std::map<std::tuple<int, int, int, int>, Open> open;
   struct Closed {
     std::vector<size_t> members;
     size_t last_position;
@@ -36,7 +38,7 @@ std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& t
     DDP_CHECK_LT(index, tensors.size());
     const at::Tensor& t = tensors[index];
     auto key = std::make_tuple(static_cast<int>(t.device().type()), static_cast<int>(t.device().index()),
-                               static_cast<int>(t.scalar_type()));
+                               static_cast<int>(t.scalar_type()), groups.empty() ? 0 : groups[index]);
     const size_t bytes = t.numel() * t.element_size();
     if (caps.solo_bytes > 0 && bytes >= caps.solo_bytes) {
       closed.push_back({{index}, position});

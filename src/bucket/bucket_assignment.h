@@ -21,9 +21,12 @@ struct BucketCaps {
 // A tensor of at least caps.solo_bytes gets a bucket to itself and leaves the open
 // bucket of its kind open (the reducer can then reduce it in place).
 // Buckets are returned in the order they are expected to become ready (position of
-// their last member in `order`); members keep their `order` order.
+// their last member in `order`); members keep their `order` order. `groups` (empty, or
+// one per tensor) splits buckets further: only tensors of one group share a bucket (the
+// reducer's wire dtypes).
 std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& tensors,
-                                                const std::vector<size_t>& order, BucketCaps caps);
+                                                const std::vector<size_t>& order, BucketCaps caps,
+                                                const std::vector<int>& groups = {});
 
 // The initial order: reverse registration order, a good guess of the backward's order.
 std::vector<size_t> reverse_order(size_t count);

@@ -5,6 +5,7 @@
 #include <ddp/error.h>
 
 #include "comm/argument_checks.h"
+#include "comm/c10d/ordered_work_c10d.h"
 #include "comm/c10d/work_c10d.h"
 #include "comm/collective_description.h"
 #include "common/timeouts.h"
@@ -45,13 +46,19 @@ void ProcessGroupC10d<Group>::check_tensor(const at::Tensor& tensor, const char*
 
 template <typename Group>
 template <typename Issue>
-std::shared_ptr<Work> ProcessGroupC10d<Group>::run(const char* op, const at::Tensor& tensor, Issue&& issue) {
+std::shared_ptr<Work> ProcessGroupC10d<Group>::run(const char* op, const at::Tensor& tensor, Issue&& issue_fn) {
   check_usable();
-  const std::string description = detail::describe_collective(op, tensor);
+  ordered_->flush(nullptr, timeout());
+  return issue(detail::describe_collective(op, tensor), std::forward<Issue>(issue_fn));
+}
+
+template <typename Group>
+template <typename Issue>
+std::shared_ptr<Work> ProcessGroupC10d<Group>::issue(const std::string& description, Issue&& issue_fn) {
   const uint64_t sequence = ++sequence_;
   c10::intrusive_ptr<c10d::Work> work;
   try {
-    work = issue();
+    work = issue_fn();
   } catch (const std::exception& e) {
     throw CommError(fmt::format("[ddp rank {}] collective #{} ({}) could not be issued on the c10d {} process "
                                 "group: {}",
@@ -95,8 +102,37 @@ std::shared_ptr<Work> ProcessGroupC10d<Group>::allgather(std::vector<at::Tensor>
 }
 
 template <typename Group>
+std::shared_ptr<Work> ProcessGroupC10d<Group>::allreduce_ordered(at::Tensor tensor, OrderedReduce how) {
+  check_tensor(tensor, "allreduce_ordered");
+  detail::OrderedSum sum(tensor, size_, rank_, how);
+  at::Tensor packed = sum.pack();
+  at::Tensor pieces = sum.rows();
+  const std::string description = detail::describe_collective("ordered allreduce", tensor);
+  auto exchange = run("ordered allreduce (all-to-all)", tensor, [&] {
+    std::vector<int64_t> equal_splits; // empty: equal rows
+    return group_->alltoall_base(pieces, packed, equal_splits, equal_splits, c10d::AllToAllOptions());
+  });
+  // Issued through this adapter (its sequence and issue order) by the flush, which runs
+  // before this group's next collective or at the wait: while the group is in use.
+  auto gather = [this, c10d_group = group_](at::Tensor mine, at::Tensor sums) {
+    return issue("ordered allreduce (allgather)", [&] {
+      std::vector<at::Tensor> rows;
+      for (int64_t r = 0; r < sums.size(0); ++r) rows.push_back(sums[r]);
+      std::vector<std::vector<at::Tensor>> output_lists{rows};
+      std::vector<at::Tensor> inputs{mine};
+      return c10d_group->allgather(output_lists, inputs, c10d::AllgatherOptions());
+    });
+  };
+  auto work = std::make_shared<OrderedWorkC10d>(description, ++sequence_, rank_, std::move(sum), std::move(pieces),
+                                                std::move(exchange), std::move(gather), ordered_);
+  ordered_->push(work);
+  return work;
+}
+
+template <typename Group>
 void ProcessGroupC10d<Group>::barrier() {
   check_usable();
+  ordered_->flush(nullptr, timeout());
   c10d::BarrierOptions options;
   if (!detail::is_unbounded(timeout())) options.timeout = timeout();
   const uint64_t sequence = ++sequence_;

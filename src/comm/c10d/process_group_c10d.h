@@ -15,6 +15,8 @@
 
 #include <ddp/process_group.h>
 
+#include "comm/c10d/ordered_work_c10d.h"
+
 namespace ddp::c10d_adapter {
 
 // `Group` is c10d::ProcessGroup or c10d::Backend (explicitly instantiated for both).
@@ -33,6 +35,9 @@ class ProcessGroupC10d final : public ProcessGroup {
   std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  // The owner-sums exchange (OrderedSum): alltoall_base of the chunks now, the allgather
+  // of the sums before the next collective or at the wait (OrderedWorkC10d).
+  std::shared_ptr<Work> allreduce_ordered(at::Tensor tensor, OrderedReduce how) override;
   void barrier() override;
   // Aborts the c10d group (where its backend can) and fails every later call with `reason`.
   void abort(const std::string& reason) override;
@@ -42,9 +47,13 @@ class ProcessGroupC10d final : public ProcessGroup {
  private:
   void check_tensor(const at::Tensor& tensor, const char* op) const;
   void check_usable() const;
-  // Runs `issue` (which calls into c10d), turning its exceptions into CommError.
+  // Issues the pending ordered all-reduces' allgathers, then runs `issue` (which calls
+  // into c10d), turning its exceptions into CommError.
   template <typename Issue>
   std::shared_ptr<Work> run(const char* op, const at::Tensor& tensor, Issue&& issue);
+  // run() without the flush (the flush's own allgathers).
+  template <typename Issue>
+  std::shared_ptr<Work> issue(const std::string& description, Issue&& issue);
 
   c10::intrusive_ptr<Group> group_;
   const c10::Device device_;
@@ -56,6 +65,7 @@ class ProcessGroupC10d final : public ProcessGroup {
   // The last collective issued: the next completes after it (WorkC10d).
   std::weak_ptr<Work> last_;
   std::string aborted_;
+  const std::shared_ptr<OrderedWorkC10d::Queue> ordered_ = std::make_shared<OrderedWorkC10d::Queue>();
 };
 
 } // namespace ddp::c10d_adapter

@@ -16,6 +16,7 @@
 #include "comm/mpi/mpi_types.h"
 #include "comm/mpi/request_wait.h"
 #include "comm/mpi/ring_allreduce.h"
+#include "comm/ordered_sum.h"
 #include "common/logging.h"
 
 namespace ddp::mpi {
@@ -208,6 +209,48 @@ std::shared_ptr<Work> ProcessGroupMPI::allgather(std::vector<at::Tensor> outputs
       const at::Tensor& out = staged ? staged->host(r) : outputs[r];
       out.view({-1}).copy_(flat[static_cast<int64_t>(r)]);
     }
+    if (staged) staged->copy_out();
+  });
+  return work;
+}
+
+std::shared_ptr<Work> ProcessGroupMPI::allreduce_ordered(at::Tensor tensor, OrderedReduce how) {
+  check_tensor(tensor, "allreduce_ordered");
+  auto sum = std::make_shared<detail::OrderedSum>(tensor, size_, rank_, how);
+  if (sum->chunk() > kMaxCount) {
+    throw InvalidArgumentError(fmt::format(
+        "[ddp rank {}] allreduce_ordered: a chunk of {} elements (the tensor / {} ranks) is above the {} an MPI call "
+        "takes; lower bucket_cap_mb or in_place_min_mb so that no bucket is this large",
+        rank_, sum->chunk(), size_, kMaxCount));
+  }
+  MPI_Datatype type = datatype_for(how.wire);
+  auto work = make_work(detail::describe_collective("ordered allreduce", tensor));
+  MPI_Comm comm = comm_;
+  auto staged = stage({tensor}, {true}, {true});
+  MpiRuntime::instance().enqueue(work, [tensor, type, comm, staged, sum, rank = rank_, size = size_,
+                                        wait = wait_] {
+    if (staged) staged->wait_copied_in();
+    // The arithmetic runs on the host buffer the collective reads (OrderedSum of it).
+    const detail::OrderedSum host_sum(staged ? staged->host(0) : tensor, size, rank, sum->how());
+    const int count = static_cast<int>(host_sum.chunk());
+    auto exchange = [&](const void* send, void* receive, bool all_to_all) {
+      if (wait.mode == WaitMode::kSpin) {
+        DDP_CHECK_MPI(all_to_all ? MPI_Alltoall(send, count, type, receive, count, type, comm)
+                                 : MPI_Allgather(send, count, type, receive, count, type, comm));
+        return;
+      }
+      MPI_Request request = MPI_REQUEST_NULL;
+      DDP_CHECK_MPI(all_to_all ? MPI_Ialltoall(send, count, type, receive, count, type, comm, &request)
+                               : MPI_Iallgather(send, count, type, receive, count, type, comm, &request));
+      wait_request(request, wait);
+    };
+    const at::Tensor packed = host_sum.pack();
+    at::Tensor pieces = host_sum.rows();
+    exchange(packed.data_ptr(), pieces.data_ptr(), true);
+    const at::Tensor mine = host_sum.add(pieces);
+    at::Tensor sums = host_sum.rows();
+    exchange(mine.data_ptr(), sums.data_ptr(), false);
+    host_sum.unpack(sums);
     if (staged) staged->copy_out();
   });
   return work;

@@ -34,6 +34,9 @@ class ProcessGroupMPI final : public ProcessGroup {
   std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  // The owner-sums exchange (OrderedSum) as one job of the communication thread: an
+  // all-to-all of the chunks, the rank-order adds, an allgather of the sums.
+  std::shared_ptr<Work> allreduce_ordered(at::Tensor tensor, OrderedReduce how) override;
   // MPI_Barrier on the communication thread, in issue order with the collectives.
   void barrier() override;
 

@@ -17,6 +17,7 @@
 #include "comm/nccl/nccl_comm.h"
 #include "comm/nccl/nccl_types.h"
 #include "comm/nccl/work_nccl.h"
+#include "comm/ordered_sum.h"
 #include "comm/watchdog.h"
 #include "common/logging.h"
 #include "common/timeouts.h"
@@ -198,6 +199,44 @@ std::shared_ptr<Work> ProcessGroupNCCL::allgather(std::vector<at::Tensor> output
                   for (int r = 0; r < size_; ++r) {
                     outputs[static_cast<size_t>(r)].view({-1}).copy_(flat[r], /*non_blocking=*/true);
                   }
+                });
+}
+
+std::shared_ptr<Work> ProcessGroupNCCL::allreduce_ordered(at::Tensor tensor, OrderedReduce how) {
+  check_tensor(tensor, "allreduce_ordered");
+  const detail::OrderedSum sum(tensor, size_, rank_, how);
+  const ncclDataType_t type = datatype_for(how.wire, "allreduce_ordered", rank_);
+  std::lock_guard<std::mutex> lock(mutex_);
+  return launch("allreduce_ordered", describe("ordered allreduce", tensor), {tensor},
+                [&](NcclComm& comm, const c10::cuda::CUDAStream& stream) {
+                  // Every buffer and kernel on the communication stream, in order after the
+                  // caller's work (launch's event), so nothing here waits on the host.
+                  c10::cuda::CUDAStreamGuard stream_guard(stream);
+                  const at::Tensor packed = sum.pack();
+                  at::Tensor pieces = sum.rows();
+                  const auto count = static_cast<size_t>(sum.chunk());
+                  const size_t row_bytes = count * static_cast<size_t>(pieces.element_size());
+                  comm.run("ncclSend/ncclRecv (ordered allreduce)", timeout(), [&](ncclComm_t c) {
+                    ncclResult_t rc = ncclGroupStart();
+                    if (rc != ncclSuccess) return rc;
+                    const auto* send = static_cast<const char*>(packed.data_ptr());
+                    auto* receive = static_cast<char*>(pieces.data_ptr());
+                    for (int peer = 0; peer < size_ && (rc == ncclSuccess || rc == ncclInProgress); ++peer) {
+                      const size_t offset = static_cast<size_t>(peer) * row_bytes;
+                      rc = ncclSend(send + offset, count, type, peer, c, stream.stream());
+                      if (rc == ncclSuccess || rc == ncclInProgress) {
+                        rc = ncclRecv(receive + offset, count, type, peer, c, stream.stream());
+                      }
+                    }
+                    const ncclResult_t end = ncclGroupEnd();
+                    return rc == ncclSuccess || rc == ncclInProgress ? end : rc;
+                  });
+                  const at::Tensor mine = sum.add(pieces);
+                  at::Tensor sums = sum.rows();
+                  comm.run("ncclAllGather (ordered allreduce)", timeout(), [&](ncclComm_t c) {
+                    return ncclAllGather(mine.data_ptr(), sums.data_ptr(), count, type, c, stream.stream());
+                  });
+                  sum.unpack(sums);
                 });
 }
 

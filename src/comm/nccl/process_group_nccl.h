@@ -50,6 +50,9 @@ class ProcessGroupNCCL final : public ProcessGroup {
   std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  // The owner-sums exchange (OrderedSum), all on the communication stream: grouped
+  // ncclSend/ncclRecv of the chunks, the rank-order adds, ncclAllGather of the sums.
+  std::shared_ptr<Work> allreduce_ordered(at::Tensor tensor, OrderedReduce how) override;
   // NCCL has no barrier: a one-element all-reduce, waited for on the host.
   void barrier() override;
   // Aborts the NCCL communicator (NcclComm::abort); later calls report `reason`.
