@@ -6,10 +6,13 @@
 // variables of docs/configuration.md replace the values set here.
 #pragma once
 
+#include <c10/core/ScalarType.h>
 #include <torch/arg.h>
 
 #include <chrono>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <ddp/defaults.h>
 
@@ -18,6 +21,12 @@ namespace ddp {
 struct Options {
   // How the host reads what keeps the ranks in step; see step_check below.
   enum class StepCheck { kAuto, kStrict, kDeferred };
+  // wire_dtype_overrides: the parameters whose name matches `pattern` ('*' matches any
+  // run of characters, e.g. "*.bias", "*norm*") send their gradients as `dtype`.
+  struct WireDtype {
+    std::string pattern;
+    c10::ScalarType dtype;
+  };
 
   // Bucket cap in MiB: gradients are reduced in buckets of about this size.
   TORCH_ARG(double, bucket_cap_mb) = 25.0;
@@ -62,6 +71,29 @@ struct Options {
   // another rank used it). kAuto (default): kDeferred on a CUDA process group (NCCL),
   // kStrict otherwise. DDP_STEP_CHECK=auto|strict|deferred replaces the value set here.
   TORCH_ARG(StepCheck, step_check) = StepCheck::kAuto;
+  // libddp extension (docs/semantics.md, "Reproducible reduction"): each gradient
+  // element's average is the sum of the ranks' gradients added in rank order 0, 1, ...,
+  // n-1, then divided by n: the same bits whatever bucket_cap_mb, first_bucket_cap_mb,
+  // in_place_min_mb, gradient_as_bucket_view, static_graph, find_unused_parameters, the
+  // bucket rebuild or the library's algorithm for a message size. Sent as an owner-sums
+  // exchange (as many bytes as a ring all-reduce). A communication hook's all-reduces
+  // become ordered sums too. Off by default: it changes which bits the sum rounds to,
+  // not its accuracy.
+  TORCH_ARG(bool, reproducible) = false;
+  // libddp extension: the dtype gradients travel in, e.g. at::kBFloat16 to halve the
+  // bytes of float32 gradients. Unlike the compression hooks, the sums are computed in
+  // accumulate_dtype, not on the wire dtype, in rank order (so this is reproducible too):
+  // only each rank's gradient and the final average are rounded to the wire dtype.
+  // Unset: the gradient's own dtype.
+  TORCH_ARG(std::optional<c10::ScalarType>, wire_dtype) = std::nullopt;
+  // libddp extension: the dtype each element's sum is computed in when wire_dtype or
+  // reproducible is set. Unset: the gradient's dtype, float32 for float16 and bfloat16.
+  TORCH_ARG(std::optional<c10::ScalarType>, accumulate_dtype) = std::nullopt;
+  // libddp extension: per-parameter wire dtypes by name, the first matching pattern
+  // winning over wire_dtype: {{"*.bias", at::kFloat}, {"*norm*", at::kFloat}} keeps
+  // biases and norms exact on the wire. Buckets are split by wire dtype. A pattern that
+  // matches no parameter is an error (a typo would otherwise pass silently).
+  TORCH_ARG(std::vector<WireDtype>, wire_dtype_overrides) = {};
   // How long the reducer waits for a collective before it throws ddp::TimeoutError.
   // The environment variable DDP_TIMEOUT_S replaces the default (not a value set here).
   TORCH_ARG(std::chrono::milliseconds, timeout) = kDefaultTimeout;

@@ -27,8 +27,21 @@ BucketSet::BucketSet(const std::vector<at::Tensor>& parameters, const std::vecto
       rank_(rank),
       world_size_(world_size),
       stats_(stats),
-      scale_(at::scalar_tensor(1.0 / world_size, at::TensorOptions().dtype(at::kDouble))),
-      scale_value_(1.0 / world_size) {}
+      precision_(options, names, parameters, rank),
+      divide_after_(precision_.ordered()),
+      divisor_(world_size),
+      scale_(at::scalar_tensor(divide_after_ ? 1.0 : 1.0 / world_size, at::TensorOptions().dtype(at::kDouble))),
+      scale_value_(divide_after_ ? 1.0 : 1.0 / world_size) {
+  if (precision_.ordered() && debug_level() >= DebugLevel::kDetail && rank_ == 0) {
+    log(LogLevel::kInfo, rank_, "ordered sums (Options::reproducible / wire_dtype):{}", precision_.describe(names_));
+  }
+}
+
+OrderedReduce BucketSet::ordered_reduce(size_t b) const {
+  OrderedReduce how = precision_.of(buckets_[b]->members().front());
+  how.divisor = divide_after_ ? divisor_ : 1;
+  return how;
+}
 
 size_t BucketSet::in_place_min_bytes() const {
   if (options_.gradient_as_bucket_view()) return 0; // .grad is the bucket already
@@ -41,7 +54,8 @@ size_t BucketSet::in_place_min_bytes() const {
 void BucketSet::build(const std::vector<size_t>& order) {
   auto assignment = assign_buckets(
       parameters_, order,
-      {mib_to_bytes(options_.first_bucket_cap_mb()), mib_to_bytes(options_.bucket_cap_mb()), in_place_min_bytes()});
+      {mib_to_bytes(options_.first_bucket_cap_mb()), mib_to_bytes(options_.bucket_cap_mb()), in_place_min_bytes()},
+      precision_.ordered() ? precision_.bucket_groups() : std::vector<int>{});
   std::vector<std::unique_ptr<Bucket>> buckets;
   std::vector<Slot> slots(parameters_.size());
   int64_t bytes = 0;
@@ -197,7 +211,8 @@ void BucketSet::write_back(const std::vector<int64_t>& used_by, bool all_used) {
 }
 
 void BucketSet::set_divisor(int divisor) {
-  const double value = 1.0 / divisor;
+  divisor_ = divisor;
+  const double value = divide_after_ ? 1.0 : 1.0 / divisor;
   if (value == scale_value_) return;
   scale_value_ = value;
   scale_.fill_(value);

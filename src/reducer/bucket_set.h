@@ -23,6 +23,7 @@
 #include <ddp/reducer_stats.h>
 
 #include "bucket/bucket.h"
+#include "bucket/reduction_precision.h"
 
 namespace ddp::detail {
 
@@ -88,8 +89,16 @@ class BucketSet {
   // rank used (used_by > 0); a parameter no rank used keeps its .grad untouched.
   void write_back(const std::vector<int64_t>& used_by, bool all_used);
 
-  // Sets the pre-division of the gradients to 1 / divisor.
+  // Sets the number of ranks averaged over: the pre-division of the gradients to
+  // 1 / divisor, or, for ordered sums, the division after the sum.
   void set_divisor(int divisor);
+  // How the gradients are summed (Options::reproducible, wire_dtype).
+  const ReductionPrecision& precision() const { return precision_; }
+  // Bucket b's ordered sum (precision().ordered()), its divisor included: the number of
+  // ranks, or 1 when a communication hook reduces (it is handed pre-divided buckets).
+  OrderedReduce ordered_reduce(size_t b) const;
+  // A communication hook is installed: buckets are pre-divided again (its contract).
+  void divide_before_reduction() { divide_after_ = false; }
   // Gradients of at least this size are reduced in place in .grad (0: never).
   size_t in_place_min_bytes() const;
 
@@ -113,7 +122,12 @@ class BucketSet {
   std::vector<std::shared_ptr<const std::vector<std::string>>> bucket_names_;
   std::vector<std::shared_ptr<const std::vector<std::vector<int64_t>>>> bucket_shapes_;
   size_t next_ = 0; // the next bucket to launch
-  at::Tensor scale_; // 1 / divisor, a 0-dim CPU tensor (no allocation per hook)
+  const ReductionPrecision precision_;
+  // Ordered sums divide after the sum (Options::reproducible's promise), so the copies
+  // into the buckets do not scale.
+  bool divide_after_;
+  int divisor_;
+  at::Tensor scale_; // 1 / divisor (1 when dividing after), a 0-dim CPU tensor (no allocation per hook)
   double scale_value_ = 1.0;
   std::vector<size_t> ready_order_;   // this rank's, in the first iteration
   std::vector<size_t> rebuild_order_; // rank 0's, received after the first iteration

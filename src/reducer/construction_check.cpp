@@ -6,6 +6,7 @@
 
 #include <ddp/error.h>
 
+#include "bucket/reduction_precision.h"
 #include "comm/consistency_check.h"
 #include "common/env.h"
 #include "common/logging.h"
@@ -21,6 +22,14 @@ const char* step_check_name(Options::StepCheck mode) {
     case Options::StepCheck::kDeferred: return "deferred";
   }
   return "?";
+}
+
+// "*.bias=Float, *norm*=Float" ("none" without any).
+std::string wire_overrides_text(const std::vector<Options::WireDtype>& overrides) {
+  if (overrides.empty()) return "none";
+  std::string out;
+  for (const auto& o : overrides) out += fmt::format("{}{}={}", out.empty() ? "" : ", ", o.pattern, c10::toString(o.dtype));
+  return out;
 }
 
 // What every rank must agree on before the first collective of the reducer: the options
@@ -41,6 +50,12 @@ std::vector<ConsistencyItem> construction_items(const Options& o, const Reducer:
       {Kind::kOption, "init_sync", o.init_sync() ? "true" : "false"},
       // Strict and deferred ranks would go on differently after a rank's error.
       {Kind::kOption, "step_check", step_check_name(o.step_check())},
+      // An ordered sum pairs an all-to-all and an allgather with a peer's all-reduce
+      // otherwise; different dtypes would exchange different byte counts.
+      {Kind::kOption, "reproducible", o.reproducible() ? "true" : "false"},
+      {Kind::kOption, "wire_dtype", o.wire_dtype() ? c10::toString(*o.wire_dtype()) : "unset"},
+      {Kind::kOption, "accumulate_dtype", o.accumulate_dtype() ? c10::toString(*o.accumulate_dtype()) : "unset"},
+      {Kind::kOption, "wire_dtype_overrides", wire_overrides_text(o.wire_dtype_overrides())},
   };
   for (const auto& [name, t] : parameters) {
     items.push_back({Kind::kParameter, name, t.defined() ? describe_tensor(t, !t.requires_grad()) : "undefined"});
@@ -138,6 +153,8 @@ ConstructionCheck::Result ConstructionCheck::run(const Reducer::NamedParameters&
     if (auto taken = ParameterRegistry::find_taken(tensors, names, fmt::format("[ddp rank {}]", rank))) {
       throw InvalidArgumentError(*taken);
     }
+    ReductionPrecision(result.options, names, tensors, rank); // its errors travel like the others
+
   } catch (const InvalidArgumentError& e) {
     error = e.what();
   }

@@ -4,7 +4,8 @@
 
 namespace ddp::detail {
 
-HookProcessGroup::HookProcessGroup(std::shared_ptr<ProcessGroup> inner) : inner_(std::move(inner)) {
+HookProcessGroup::HookProcessGroup(std::shared_ptr<ProcessGroup> inner, bool reproducible)
+    : inner_(std::move(inner)), reproducible_(reproducible) {
   set_timeout(inner_->timeout());
 }
 
@@ -14,8 +15,17 @@ void HookProcessGroup::count(const at::Tensor& tensor) {
 }
 
 std::shared_ptr<Work> HookProcessGroup::allreduce(at::Tensor tensor) {
+  if (reproducible_ && tensor.defined() && c10::isFloatingType(tensor.scalar_type())) {
+    const c10::ScalarType type = tensor.scalar_type();
+    return allreduce_ordered(std::move(tensor), OrderedReduce{type, type, 1});
+  }
   count(tensor);
   return inner_->allreduce(std::move(tensor));
+}
+
+std::shared_ptr<Work> HookProcessGroup::allreduce_ordered(at::Tensor tensor, OrderedReduce how) {
+  count(tensor);
+  return inner_->allreduce_ordered(std::move(tensor), how);
 }
 
 std::shared_ptr<Work> HookProcessGroup::broadcast(at::Tensor tensor, int root) {

@@ -16,14 +16,17 @@ namespace ddp::detail {
 
 class HookProcessGroup final : public ProcessGroup {
  public:
-  explicit HookProcessGroup(std::shared_ptr<ProcessGroup> inner);
+  HookProcessGroup(std::shared_ptr<ProcessGroup> inner, bool reproducible);
 
   int rank() const override { return inner_->rank(); }
   int size() const override { return inner_->size(); }
   std::string backend() const override { return inner_->backend(); }
   c10::Device device() const override { return inner_->device(); }
 
+  // With `reproducible` (Options::reproducible), an allreduce_ordered in the tensor's own
+  // dtype: a hook's sums are then reproducible too.
   std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
+  std::shared_ptr<Work> allreduce_ordered(at::Tensor tensor, OrderedReduce how) override;
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
   void barrier() override;
@@ -39,6 +42,7 @@ class HookProcessGroup final : public ProcessGroup {
   void count(const at::Tensor& tensor);
 
   const std::shared_ptr<ProcessGroup> inner_;
+  const bool reproducible_;
   int64_t collectives_ = 0;
   int64_t bytes_ = 0;
 };

@@ -16,9 +16,9 @@ HookRunner::HookRunner(std::shared_ptr<ProcessGroup> process_group, int rank, bo
                        std::chrono::milliseconds timeout)
     : process_group_(std::move(process_group)), rank_(rank), on_stream_(on_stream), timeout_(timeout) {}
 
-void HookRunner::install(std::shared_ptr<CommHook> hook) {
+void HookRunner::install(std::shared_ptr<CommHook> hook, bool reproducible) {
   hook_ = std::move(hook);
-  group_ = std::make_shared<HookProcessGroup>(process_group_);
+  group_ = std::make_shared<HookProcessGroup>(process_group_, reproducible);
 }
 
 void HookRunner::reset(size_t buckets) {

@@ -36,8 +36,9 @@ class HookRunner {
   // owns the deadline); otherwise on the host, with `timeout` for the whole section.
   HookRunner(std::shared_ptr<ProcessGroup> process_group, int rank, bool on_stream, std::chrono::milliseconds timeout);
 
-  // Installs `hook` (its cross-rank checks are the caller's).
-  void install(std::shared_ptr<CommHook> hook);
+  // Installs `hook` (its cross-rank checks are the caller's); with `reproducible`, the
+  // all-reduces it issues are ordered sums (HookProcessGroup).
+  void install(std::shared_ptr<CommHook> hook, bool reproducible);
   bool active() const { return hook_ != nullptr; }
   const std::shared_ptr<CommHook>& hook() const { return hook_; }
   // The hook's name, or "?" without one (for messages about a peer's hook).

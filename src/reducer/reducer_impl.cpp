@@ -313,6 +313,14 @@ void Reducer::Impl::register_comm_hook(std::shared_ptr<CommHook> hook) {
         rank_prefix()));
   }
   const std::string name = hook->name();
+  if (options.wire_dtype() || !options.wire_dtype_overrides().empty()) {
+    // Both choose what goes on the wire. The options are equal on every rank (checked at
+    // construction), so every rank throws here, before any collective.
+    throw InvalidArgumentError(fmt::format(
+        "{} register_comm_hook('{}'): Options::wire_dtype / wire_dtype_overrides already choose what the gradients "
+        "travel as, and a hook replaces that reduction. Use one: unset wire_dtype, or do not register the hook.",
+        rank_prefix(), name));
+  }
   if (hook_runner_.active()) {
     throw InvalidArgumentError(fmt::format(
         "{} register_comm_hook('{}'): communication hook '{}' is already registered. Register one hook, once, before "
@@ -342,7 +350,8 @@ void Reducer::Impl::register_comm_hook(std::shared_ptr<CommHook> hook) {
     }
     stats.collectives += 1;
   }
-  hook_runner_.install(std::move(hook));
+  hook_runner_.install(std::move(hook), options.reproducible());
+  buckets_.divide_before_reduction(); // hooks are handed pre-divided buckets
 }
 
 void Reducer::Impl::sync_module_state(const std::vector<at::Tensor>& tensors) {
@@ -546,7 +555,9 @@ void Reducer::Impl::launch_bucket(size_t b) {
     return;
   }
   detail::Bucket& bucket = buckets_.bucket(b);
-  bucket.work() = process_group->allreduce(bucket.comm_tensor());
+  bucket.work() = buckets_.precision().ordered()
+                      ? process_group->allreduce_ordered(bucket.comm_tensor(), buckets_.ordered_reduce(b))
+                      : process_group->allreduce(bucket.comm_tensor());
 }
 
 void Reducer::Impl::record_error(std::string message) {

@@ -44,6 +44,9 @@ inline std::vector<OptionMismatch> option_mismatches() {
       {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
       {"init_sync", [](ddp::Options& o) { o.init_sync(false); }, "false"},
       {"static_graph", [](ddp::Options& o) { o.static_graph(true); }, "true"},
+      {"reproducible", [](ddp::Options& o) { o.reproducible(true); }, "true"},
+      {"wire_dtype", [](ddp::Options& o) { o.wire_dtype(at::kBFloat16); }, "BFloat16"},
+      {"accumulate_dtype", [](ddp::Options& o) { o.accumulate_dtype(at::kDouble); }, "Double"},
   };
 }
 

@@ -1,0 +1,110 @@
+// Options::reproducible with the ranks as threads at world 3 and 4 (the reducer on
+// ThreadProcessGroup, whose allreduce_ordered is ProcessGroup's allgather fallback): every
+// bucket layout, and Join's shadowed steps, give the offline rank-order sum bit for bit
+// (tests/support/planted.h). The backends' own exchange is tests/mpi/reproducible_test.cpp.
+#include <catch2/catch.hpp>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include <ddp/ddp.h>
+#include <ddp/join.h>
+
+#include "planted.h"
+#include "thread_ranks.h"
+#include "world.h"
+
+using ddp::test::run_ranks;
+using PG = std::shared_ptr<ddp::ProcessGroup>;
+
+namespace {
+
+struct LayoutCount {
+  std::string layout;
+  int64_t differing;
+};
+
+template <typename T>
+void require_values(const std::vector<ddp::test::RankResult<T>>& results) {
+  for (const auto& r : results) {
+    CAPTURE(r.rank, r.error);
+    REQUIRE(r.value.has_value());
+  }
+}
+
+} // namespace
+
+TEST_CASE("reproducible on threads: every layout gives the rank-order sum at world 3 and 4",
+          "[threads][reproducible]") {
+  for (int n : {3, 4}) {
+    CAPTURE(n);
+    for (const auto& base : {ddp::test::test_options().reproducible(true),
+                             ddp::test::test_options().wire_dtype(at::kBFloat16).wire_dtype_overrides(
+                                 {{"*.bias", at::kFloat}})}) {
+      auto results = run_ranks(n, [&](int, PG pg) {
+        std::vector<LayoutCount> counts;
+        for (const auto& o : ddp::test::run_planted(pg, base)) counts.push_back({o.layout, o.differing});
+        return counts;
+      });
+      require_values(results);
+      for (const auto& r : results) {
+        for (const auto& c : *r.value) {
+          CAPTURE(r.rank, c.layout);
+          CHECK(c.differing == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("reproducible on threads: Join's shadowed steps sum the active ranks in rank order",
+          "[threads][reproducible]") {
+  constexpr int kSteps = 3;
+  for (int n : {3, 4}) {
+    for (int joined : {1, n - 1}) {     // the rank that runs out of data one step early
+      for (bool divide_by_world : {true, false}) {
+        CAPTURE(n, joined, divide_by_world);
+        auto results = run_ranks(n, [&](int r, PG pg) {
+          int64_t differing = 0;
+          int64_t compared = 0;
+          ddp::test::Planted model;
+          ddp::DistributedDataParallel wrapped(
+              model, pg, ddp::test::test_options().reproducible(true).bucket_cap_mb(0.05).first_bucket_cap_mb(0.01));
+          ddp::JoinOptions options;
+          options.divide_by_initial_world_size(divide_by_world);
+          {
+            ddp::Join join(wrapped, options);
+            const int steps = r == joined ? kSteps - 1 : kSteps;
+            for (int it = 0; it < steps; ++it) {
+              model->zero_grad();
+              wrapped(ddp::test::planted_grads(r, it)).backward();
+              std::vector<bool> used(static_cast<size_t>(n), true);
+              if (it >= kSteps - 1) used[static_cast<size_t>(joined)] = false;
+              const int64_t active = std::count(used.begin(), used.end(), true);
+              for (size_t i = 0; i < model->params.size(); ++i) {
+                std::vector<torch::Tensor> per_rank;
+                for (int q = 0; q < n; ++q) per_rank.push_back(ddp::test::planted_grad(q, it, i));
+                const torch::Tensor expected =
+                    ddp::test::rank_order_average(per_rank, at::kFloat, divide_by_world ? n : active, used);
+                differing += ddp::test::differing_bits(model->params[i].grad(), expected);
+                compared += 1;
+              }
+            }
+            join.join();
+          }
+          return std::make_pair(differing, compared);
+        });
+        require_values(results);
+        for (const auto& r : results) {
+          CAPTURE(r.rank);
+          CHECK(r.value->first == 0);
+          CHECK(r.value->second == static_cast<int64_t>(ddp::test::planted_sizes().size()) *
+                                       (r.rank == joined ? kSteps - 1 : kSteps));
+        }
+      }
+    }
+  }
+}
