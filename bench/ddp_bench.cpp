@@ -58,6 +58,8 @@ struct Config {
   std::string timeline_path;
   std::string link_dev; // NIC whose byte counters are read around each timed window
   std::vector<std::string> comm_hooks; // each DDP mode also runs once per hook ("ddp+fp16")
+  std::vector<std::string> reductions; // and once per reduction option ("ddp+reproducible")
+  bool grad_checksum = false;          // print a checksum of every step's gradients
   int64_t powersgd_rank = 4;
   int64_t powersgd_start = 2; // within the warm-up: every timed step compresses
 };
@@ -96,6 +98,12 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
       "                          made, as its own mode (ddp+fp16, ...) next to the hookless one; the table adds\n"
       "                          the bytes each sends per step (ReducerStats::hook_bytes_per_iteration) and\n"
       "                          their ratio to plain all-reduce's. noop sends nothing: never for training\n"
+      "  --reduction NAME[,NAME] Options for the sum: reproducible (Options::reproducible), wire-bf16, wire-fp16\n"
+      "                          (Options::wire_dtype, float32 sums). Like --comm-hook, each DDP mode also runs\n"
+      "                          once per name, as its own mode (ddp+reproducible, ...), in the same run\n"
+      "  --grad-checksum         rank 0 prints a checksum (FNV-1a of the bytes) of every step's gradients, per\n"
+      "                          mode: with --reduction reproducible it stays the same across runs with other\n"
+      "                          --bucket-cap-mb / --first-bucket-cap-mb / --in-place-min-mb / --grad-as-bucket-view\n"
       "  --powersgd-rank R       PowerSGDOptions::matrix_approximation_rank (default 4)\n"
       "  --powersgd-start N      PowerSGDOptions::start_powerSGD_iter (default 2: plain all-reduce for the\n"
       "                          first 2 steps, so with the default --warmup 5 every timed step compresses;\n"
@@ -146,6 +154,8 @@ Config parse(int argc, char** argv) {
     else if (a == "--timeline") c.timeline_path = value();
     else if (a == "--link-dev") c.link_dev = value();
     else if (a == "--comm-hook") c.comm_hooks = split(value());
+    else if (a == "--reduction") c.reductions = split(value());
+    else if (a == "--grad-checksum") c.grad_checksum = true;
     else if (a == "--powersgd-rank") c.powersgd_rank = std::stoll(value());
     else if (a == "--powersgd-start") c.powersgd_start = std::stoll(value());
     else {
@@ -169,6 +179,12 @@ Config parse(int argc, char** argv) {
       usage(2);
     }
   }
+  for (const auto& r : c.reductions) {
+    if (r != "reproducible" && r != "wire-bf16" && r != "wire-fp16") {
+      std::fprintf(stderr, "ddp_bench: unknown reduction '%s' (reproducible, wire-bf16, wire-fp16)\n", r.c_str());
+      usage(2);
+    }
+  }
   if (c.powersgd_rank < 1 || c.powersgd_start < 0) {
     std::fprintf(stderr, "ddp_bench: --powersgd-rank must be >= 1, --powersgd-start >= 0\n");
     usage(2);
@@ -178,6 +194,27 @@ Config parse(int argc, char** argv) {
     usage(2);
   }
   return c;
+}
+
+// Whether a variant is a --reduction name (else a --comm-hook name); sets its options.
+bool apply_reduction(const std::string& name, ddp::Options& options) {
+  if (name == "reproducible") options.reproducible(true);
+  else if (name == "wire-bf16") options.wire_dtype(at::kBFloat16);
+  else if (name == "wire-fp16") options.wire_dtype(at::kHalf);
+  else return false;
+  return true;
+}
+
+// FNV-1a over the bytes of every defined gradient, in parameter order.
+uint64_t gradient_checksum(torch::nn::Module& module) {
+  uint64_t hash = 1469598103934665603ULL;
+  for (const auto& p : module.parameters()) {
+    if (!p.grad().defined()) continue;
+    const at::Tensor g = p.grad().contiguous().cpu();
+    const auto* bytes = static_cast<const unsigned char*>(g.data_ptr());
+    for (size_t k = 0; k < g.nbytes(); ++k) hash = (hash ^ bytes[k]) * 1099511628211ULL;
+  }
+  return hash;
 }
 
 // A new hook of the bench's name for it (each DDP wrapper its own: PowerSGD keeps state).
@@ -221,6 +258,7 @@ struct Trainer {
   std::function<void(int)> step; // one full training step of iteration i
   std::function<const ddp::Reducer*()> reducer = [] { return nullptr; };
   int64_t parameter_bytes = 0; // trainable parameters: what one step must all-reduce
+  double wire_fraction = 1.0;  // of the bucket bytes, what goes on the wire (wire-bf16: 1/2)
   std::vector<double> window_ms;
   int64_t link_tx = 0, link_rx = 0; // bytes through --link-dev during the timed windows
   double link_s = 0;
@@ -284,6 +322,7 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
     variants.emplace_back(mode, "");
     if (is_ddp_mode(mode)) {
       for (const auto& hook : cfg.comm_hooks) variants.emplace_back(mode, hook);
+      for (const auto& reduction : cfg.reductions) variants.emplace_back(mode, reduction);
     }
   }
   for (const auto& [mode, hook] : variants) {
@@ -301,9 +340,13 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
     if (is_ddp_mode(mode)) {
       ddp::Options mode_options = options;
       if (mode == "ddp_fu") mode_options.find_unused_parameters(true);
+      const bool reduction = apply_reduction(hook, mode_options);
+      if (mode_options.wire_dtype()) {
+        t.wire_fraction = static_cast<double>(c10::elementSize(*mode_options.wire_dtype())) / sizeof(float);
+      }
       ddp::DistributedDataParallel<typename Holder::Impl> model(net->ptr(), pg, mode_options);
       keep.push_back(model.ptr());
-      if (!hook.empty()) {
+      if (!hook.empty() && !reduction) {
         auto comm_hook = make_comm_hook(cfg, hook);
         t.comm_hook = comm_hook->name();
         model->register_comm_hook(std::move(comm_hook));
@@ -320,9 +363,14 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
         joined->model = model.ptr();
         keep.push_back(joined);
       }
-      t.step = [model, opt, input, loss_fn](int i) mutable {
+      const bool checksum = cfg.grad_checksum && pg->rank() == 0;
+      t.step = [model, opt, input, loss_fn, checksum, label = t.mode](int i) mutable {
         opt->zero_grad();
         loss_fn(model(input), i).backward();
+        if (checksum) {
+          std::printf("[grad-checksum] %s step %d: %016llx\n", label.c_str(), i,
+                      static_cast<unsigned long long>(gradient_checksum(*model)));
+        }
         opt->step();
       };
       t.reducer = [model] { return &model->reducer(); };
@@ -499,7 +547,9 @@ struct Bench {
         const auto& s = red->stats();
         const double steps = std::max<int64_t>(1, s.iterations - before[t.mode].iterations);
         r.bytes_per_step = s.bytes_per_iteration;
-        r.bytes_sent_per_step = t.comm_hook.empty() ? s.bytes_per_iteration : s.hook_bytes_per_iteration;
+        r.bytes_sent_per_step = t.comm_hook.empty()
+                                    ? static_cast<int64_t>(static_cast<double>(s.bytes_per_iteration) * t.wire_fraction)
+                                    : s.hook_bytes_per_iteration;
         r.buckets = s.buckets;
         r.bucket_bytes = red->bucket_bytes();
         r.hook_ms = (s.hook_ns - before[t.mode].hook_ns) / 1e6 / steps;

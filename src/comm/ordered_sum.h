@@ -21,6 +21,13 @@ namespace ddp::detail {
 
 class OrderedSum {
  public:
+  // Buffers one caller reuses across calls (each reallocated when too small), so that a
+  // backend running one exchange at a time does not fault in fresh pages every bucket
+  // (three buffers of a 32 MiB bucket cost more than the adds). Null: fresh memory.
+  struct Scratch {
+    at::Tensor packed, pieces, sum, gathered;
+  };
+
   // Checks `tensor` and `how` (InvalidArgumentError naming `rank` and the fix).
   OrderedSum(const at::Tensor& tensor, int world_size, int rank, OrderedReduce how);
 
@@ -28,21 +35,29 @@ class OrderedSum {
   int world_size() const { return world_size_; }
   const OrderedReduce& how() const { return how_; }
 
-  // [world_size, chunk] in the wire dtype; a view of the tensor where no cast or padding
-  // is needed (the transport only reads it).
-  at::Tensor pack() const;
-  // An uninitialised [world_size, chunk] wire-dtype tensor on the tensor's device: where
-  // the pieces are received, or the sums gathered.
-  at::Tensor rows() const;
-  // The sums of `pieces` ([world_size, width], row r from rank r): [width] in the wire dtype.
-  at::Tensor add(const at::Tensor& pieces) const;
-  // Writes the gathered sums ([world_size, chunk]) into the tensor.
-  void unpack(const at::Tensor& sums) const;
+  // [world_size, chunk] in the wire dtype: row j goes to rank j. The tensor itself where
+  // no cast or padding is needed (the transport only reads it).
+  at::Tensor pack(Scratch* scratch) const;
+  // [world_size, chunk] wire-dtype rows where the pieces are received (row r from rank r).
+  at::Tensor pieces(Scratch* scratch) const;
+  // The sums of `pieces` ([world_size, width], row r from rank r), divided: [width] in the
+  // wire dtype. May overwrite `pieces`.
+  at::Tensor add(const at::Tensor& pieces, Scratch* scratch) const;
+  // [world_size, chunk] wire-dtype rows where the sums are gathered (row j from rank j):
+  // the tensor itself where no cast or padding is needed, so unpack has nothing to do.
+  at::Tensor gathered(Scratch* scratch) const;
+  // Writes the gathered sums into the tensor (nothing when they are already there).
+  void unpack(const at::Tensor& gathered) const;
 
  private:
+  // The tensor as [world_size, chunk] rows, when it can travel as it is.
+  bool direct() const;
+  // A [world_size, chunk] wire-dtype tensor from `slot` (kept there) or fresh memory.
+  at::Tensor rows(at::Tensor* slot) const;
+
   at::Tensor flat_; // the tensor, flattened (a view)
-  const int world_size_;
-  const OrderedReduce how_;
+  int world_size_;
+  OrderedReduce how_;
   int64_t chunk_ = 0;
 };
 

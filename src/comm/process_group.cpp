@@ -19,7 +19,7 @@ std::shared_ptr<Work> ProcessGroup::allreduce_ordered(at::Tensor tensor, Ordered
   std::vector<at::Tensor> outputs;
   for (int r = 0; r < size(); ++r) outputs.push_back(all[r]);
   allgather(outputs, mine)->wait(timeout());
-  tensor.view({-1}).copy_(sum.add(all));
+  tensor.view({-1}).copy_(sum.add(all, nullptr));
   work->finish();
   return work;
 }

@@ -30,18 +30,18 @@ std::vector<torch::Tensor> simulate_exchange(const std::vector<torch::Tensor>& i
   for (int r = 0; r < n; ++r) {
     tensors.push_back(inputs[static_cast<size_t>(r)].clone());
     sums.emplace_back(tensors.back(), n, r, how);
-    packed.push_back(sums.back().pack().clone());
+    packed.push_back(sums.back().pack(nullptr).clone());
   }
   // All-to-all: rank j receives row j of every rank's packed tensor, row r from rank r.
   std::vector<torch::Tensor> mine;
   for (int j = 0; j < n; ++j) {
-    torch::Tensor pieces = sums[static_cast<size_t>(j)].rows();
+    torch::Tensor pieces = sums[static_cast<size_t>(j)].pieces(nullptr);
     for (int r = 0; r < n; ++r) pieces[r].copy_(packed[static_cast<size_t>(r)][j]);
-    mine.push_back(sums[static_cast<size_t>(j)].add(pieces));
+    mine.push_back(sums[static_cast<size_t>(j)].add(pieces, nullptr).clone());
   }
   // Allgather: every rank receives row j from rank j.
   for (int r = 0; r < n; ++r) {
-    torch::Tensor gathered = sums[static_cast<size_t>(r)].rows();
+    torch::Tensor gathered = sums[static_cast<size_t>(r)].gathered(nullptr);
     for (int j = 0; j < n; ++j) gathered[j].copy_(mine[static_cast<size_t>(j)]);
     sums[static_cast<size_t>(r)].unpack(gathered);
   }
@@ -80,14 +80,20 @@ TEST_CASE("OrderedSum: the chunk is a ceiling division and pack pads with zeros"
   torch::Tensor t = torch::arange(7, torch::kFloat);
   OrderedSum sum(t, 3, 0, OrderedReduce{at::kFloat, at::kFloat, 1});
   CHECK(sum.chunk() == 3);
-  const torch::Tensor packed = sum.pack();
+  const torch::Tensor packed = sum.pack(nullptr);
   CHECK(packed.sizes() == std::vector<int64_t>{3, 3});
   CHECK(torch::equal(packed.view({-1}).narrow(0, 0, 7), t));
   CHECK(packed.view({-1})[7].item<float>() == 0.0f);
   CHECK(packed.view({-1})[8].item<float>() == 0.0f);
   // No cast and no padding: the tensor itself is sent.
   torch::Tensor even = torch::ones({6});
-  CHECK(OrderedSum(even, 3, 0, OrderedReduce{at::kFloat, at::kFloat, 1}).pack().data_ptr() == even.data_ptr());
+  const OrderedSum direct(even, 3, 0, OrderedReduce{at::kFloat, at::kFloat, 1});
+  CHECK(direct.pack(nullptr).data_ptr() == even.data_ptr());
+  CHECK(direct.gathered(nullptr).data_ptr() == even.data_ptr());
+  // Scratch is kept and reused while large enough.
+  OrderedSum::Scratch scratch;
+  const void* first = sum.pieces(&scratch).data_ptr();
+  CHECK(sum.pieces(&scratch).data_ptr() == first);
 }
 
 TEST_CASE("OrderedSum: bad arguments name the rank and the dtype", "[ordered]") {

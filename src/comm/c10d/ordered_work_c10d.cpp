@@ -31,8 +31,8 @@ void OrderedWorkC10d::issue_gather(std::chrono::milliseconds timeout) {
   if (gather_work_ || is_completed()) return;
   try {
     exchange_->wait(timeout);
-    const at::Tensor mine = sum_.add(pieces_);
-    sums_ = sum_.rows();
+    const at::Tensor mine = sum_.add(pieces_, nullptr);
+    sums_ = sum_.gathered(nullptr);
     gather_work_ = gather_(mine, sums_);
   } catch (...) {
     finish(std::current_exception());

@@ -105,8 +105,9 @@ template <typename Group>
 std::shared_ptr<Work> ProcessGroupC10d<Group>::allreduce_ordered(at::Tensor tensor, OrderedReduce how) {
   check_tensor(tensor, "allreduce_ordered");
   detail::OrderedSum sum(tensor, size_, rank_, how);
-  at::Tensor packed = sum.pack();
-  at::Tensor pieces = sum.rows();
+  // Fresh buffers for each: several ordered all-reduces are in flight at once.
+  at::Tensor packed = sum.pack(nullptr);
+  at::Tensor pieces = sum.pieces(nullptr);
   const std::string description = detail::describe_collective("ordered allreduce", tensor);
   auto exchange = run("ordered allreduce (all-to-all)", tensor, [&] {
     std::vector<int64_t> equal_splits; // empty: equal rows

@@ -228,7 +228,7 @@ std::shared_ptr<Work> ProcessGroupMPI::allreduce_ordered(at::Tensor tensor, Orde
   MPI_Comm comm = comm_;
   auto staged = stage({tensor}, {true}, {true});
   MpiRuntime::instance().enqueue(work, [tensor, type, comm, staged, sum, rank = rank_, size = size_,
-                                        wait = wait_] {
+                                        scratch = ordered_scratch_, wait = wait_] {
     if (staged) staged->wait_copied_in();
     // The arithmetic runs on the host buffer the collective reads (OrderedSum of it).
     const detail::OrderedSum host_sum(staged ? staged->host(0) : tensor, size, rank, sum->how());
@@ -244,13 +244,14 @@ std::shared_ptr<Work> ProcessGroupMPI::allreduce_ordered(at::Tensor tensor, Orde
                                : MPI_Iallgather(send, count, type, receive, count, type, comm, &request));
       wait_request(request, wait);
     };
-    const at::Tensor packed = host_sum.pack();
-    at::Tensor pieces = host_sum.rows();
+    // One exchange at a time runs on this thread: the group's scratch is free to reuse.
+    const at::Tensor packed = host_sum.pack(scratch.get());
+    at::Tensor pieces = host_sum.pieces(scratch.get());
     exchange(packed.data_ptr(), pieces.data_ptr(), true);
-    const at::Tensor mine = host_sum.add(pieces);
-    at::Tensor sums = host_sum.rows();
-    exchange(mine.data_ptr(), sums.data_ptr(), false);
-    host_sum.unpack(sums);
+    const at::Tensor mine = host_sum.add(pieces, scratch.get());
+    at::Tensor gathered = host_sum.gathered(scratch.get());
+    exchange(mine.data_ptr(), gathered.data_ptr(), false);
+    host_sum.unpack(gathered);
     if (staged) staged->copy_out();
   });
   return work;

@@ -15,6 +15,7 @@
 
 #include "comm/mpi/request_wait.h"
 #include "comm/mpi/ring_allreduce.h"
+#include "comm/ordered_sum.h"
 
 namespace ddp::mpi {
 
@@ -57,6 +58,9 @@ class ProcessGroupMPI final : public ProcessGroup {
   // Large all-reduces when the wait sleeps; shared with the queued collectives, which
   // may run after this group is destroyed.
   std::shared_ptr<RingAllreduce> ring_;
+  // allreduce_ordered's buffers, used only on the communication thread (and by the
+  // queued collectives, which may run after this group is destroyed).
+  std::shared_ptr<detail::OrderedSum::Scratch> ordered_scratch_ = std::make_shared<detail::OrderedSum::Scratch>();
 };
 
 } // namespace ddp::mpi

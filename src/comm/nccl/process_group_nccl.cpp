@@ -212,8 +212,9 @@ std::shared_ptr<Work> ProcessGroupNCCL::allreduce_ordered(at::Tensor tensor, Ord
                   // Every buffer and kernel on the communication stream, in order after the
                   // caller's work (launch's event), so nothing here waits on the host.
                   c10::cuda::CUDAStreamGuard stream_guard(stream);
-                  const at::Tensor packed = sum.pack();
-                  at::Tensor pieces = sum.rows();
+                  // Fresh blocks from the caching allocator, on this stream: no scratch kept.
+                  const at::Tensor packed = sum.pack(nullptr);
+                  at::Tensor pieces = sum.pieces(nullptr);
                   const auto count = static_cast<size_t>(sum.chunk());
                   const size_t row_bytes = count * static_cast<size_t>(pieces.element_size());
                   comm.run("ncclSend/ncclRecv (ordered allreduce)", timeout(), [&](ncclComm_t c) {
@@ -231,12 +232,12 @@ std::shared_ptr<Work> ProcessGroupNCCL::allreduce_ordered(at::Tensor tensor, Ord
                     const ncclResult_t end = ncclGroupEnd();
                     return rc == ncclSuccess || rc == ncclInProgress ? end : rc;
                   });
-                  const at::Tensor mine = sum.add(pieces);
-                  at::Tensor sums = sum.rows();
+                  const at::Tensor mine = sum.add(pieces, nullptr);
+                  at::Tensor gathered = sum.gathered(nullptr);
                   comm.run("ncclAllGather (ordered allreduce)", timeout(), [&](ncclComm_t c) {
-                    return ncclAllGather(mine.data_ptr(), sums.data_ptr(), count, type, c, stream.stream());
+                    return ncclAllGather(mine.data_ptr(), gathered.data_ptr(), count, type, c, stream.stream());
                   });
-                  sum.unpack(sums);
+                  sum.unpack(gathered);
                 });
 }
 
