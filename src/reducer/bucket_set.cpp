@@ -218,6 +218,11 @@ void BucketSet::set_divisor(int divisor) {
   scale_.fill_(value);
 }
 
+void BucketSet::divide_before_reduction() {
+  divide_after_ = false;
+  set_divisor(divisor_); // the scale was 1 while the sums divided
+}
+
 void BucketSet::reset() {
   for (auto& b : buckets_) b->reset();
   next_ = 0;

@@ -98,7 +98,7 @@ class BucketSet {
   // ranks, or 1 when a communication hook reduces (it is handed pre-divided buckets).
   OrderedReduce ordered_reduce(size_t b) const;
   // A communication hook is installed: buckets are pre-divided again (its contract).
-  void divide_before_reduction() { divide_after_ = false; }
+  void divide_before_reduction();
   // Gradients of at least this size are reduced in place in .grad (0: never).
   size_t in_place_min_bytes() const;
 

@@ -117,10 +117,26 @@ TEST_CASE("reproducible with a communication hook: the hook's all-reduces are or
     for (const auto& p : model->params) o.last.push_back(p.grad().clone());
     hooked.push_back(std::move(o));
   }
+  // And it is the average: each rank's pre-divided gradient (one rounding) summed in
+  // float32 (n - 1 more), against the exact mean.
+  const int n = world().size();
+  const double tolerance = (n + 1) * unit_roundoff(at::kFloat);
   for (const auto& o : hooked) {
     CAPTURE(o.layout);
     CHECK(differing_between(o, hooked.front()) == 0);
-    for (const auto& g : o.last) CHECK(identical_across_ranks(g));
+    for (size_t i = 0; i < o.last.size(); ++i) {
+      CHECK(identical_across_ranks(o.last[i]));
+      torch::Tensor sum = torch::zeros({planted_sizes()[i]}, torch::kDouble);
+      torch::Tensor magnitude = torch::zeros_like(sum);
+      for (int r = 0; r < n; ++r) {
+        const torch::Tensor x = planted_grad(r, 0, i).to(torch::kDouble);
+        sum += x;
+        magnitude += x.abs();
+      }
+      const torch::Tensor error = (o.last[i].to(torch::kDouble) - sum / n).abs();
+      CAPTURE(i);
+      CHECK((error <= tolerance * magnitude / n * (1 + 1e-6)).all().item<bool>());
+    }
   }
 }
 
