@@ -264,7 +264,9 @@ void Reducer::Impl::join(const std::function<std::vector<at::Tensor>()>& buffers
       throw ReductionError(
           detail::JoinState::early_termination_on_joined(rank_prefix(), tally.active, step_check_.step() + 1));
     }
-    // What the active ranks' prepare_for_forward does.
+    // What the active ranks' prepare_for_forward does. The divisor too: an ordered sum
+    // (Options::reproducible) divides each chunk on the rank that owns it, this one included.
+    buckets_.set_divisor(join_.divisor(tally.active, world_size_));
     phase_ = Phase::kIdle;
     extra_backward_ = false;
     step_check_.count_step();

@@ -72,6 +72,18 @@ TEST_CASE("the default all-reduce differs from the rank-order sum: what reproduc
   if (world().size() >= 3) CHECK(differing_from_reference > 0);
 }
 
+TEST_CASE("reproducible: Join's shadowed steps sum the active ranks in rank order", "[reproducible]") {
+  const int n = world().size();
+  for (int joined : {0, n - 1}) {
+    for (bool divide_by_world : {true, false}) {
+      CAPTURE(joined, divide_by_world);
+      const auto [differing, compared] = ddp::test::run_planted_join(world_ptr(), joined, divide_by_world);
+      CHECK(differing == 0);
+      CHECK(compared == static_cast<int64_t>(planted_sizes().size()) * (world().rank() == joined ? 2 : 3));
+    }
+  }
+}
+
 TEST_CASE("bf16 on the wire: each average within bf16's rounding of the exact mean, at any world size",
           "[reproducible]") {
   auto& pg = world();

@@ -13,10 +13,15 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ddp/ddp.h>
+#include <ddp/join.h>
+
+#include "world.h"
 
 namespace ddp::test {
 
@@ -166,6 +171,43 @@ inline std::vector<PlantedOutcome> run_planted(const std::shared_ptr<ProcessGrou
     outcomes.push_back(std::move(outcome));
   }
   return outcomes;
+}
+
+// `steps` planted steps under ddp::Join in which rank `joined` runs out of data before the
+// last one: the others' last step is shadowed by it (it contributes zeros). Counts, on this
+// rank, the elements that differ from the rank-order sum of the ranks still active, and the
+// gradients compared. Collective: every rank of `pg` must call it.
+inline std::pair<int64_t, int64_t> run_planted_join(const std::shared_ptr<ProcessGroup>& pg, int joined,
+                                                    bool divide_by_world, int steps = 3) {
+  const int n = pg->size();
+  const int r = pg->rank();
+  int64_t differing = 0;
+  int64_t compared = 0;
+  Planted model;
+  ddp::DistributedDataParallel wrapped(
+      model, pg, ddp::test::test_options().reproducible(true).bucket_cap_mb(0.05).first_bucket_cap_mb(0.01));
+  ddp::JoinOptions options;
+  options.divide_by_initial_world_size(divide_by_world);
+  {
+    ddp::Join join(wrapped, options);
+    const int mine = r == joined ? steps - 1 : steps;
+    for (int it = 0; it < mine; ++it) {
+      model->zero_grad();
+      wrapped(planted_grads(r, it)).backward();
+      std::vector<bool> used(static_cast<size_t>(n), true);
+      if (it >= steps - 1) used[static_cast<size_t>(joined)] = false;
+      const int64_t active = std::count(used.begin(), used.end(), true);
+      for (size_t i = 0; i < model->params.size(); ++i) {
+        std::vector<torch::Tensor> per_rank;
+        for (int q = 0; q < n; ++q) per_rank.push_back(planted_grad(q, it, i));
+        const torch::Tensor expected = rank_order_average(per_rank, at::kFloat, divide_by_world ? n : active, used);
+        differing += differing_bits(model->params[i].grad(), expected);
+        compared += 1;
+      }
+    }
+    join.join();
+  }
+  return {differing, compared};
 }
 
 // Elements whose bits differ between two layouts' last steps.

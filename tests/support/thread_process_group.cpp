@@ -11,6 +11,7 @@
 #include <ddp/error.h>
 
 #include "comm/argument_checks.h"
+#include "comm/ordered_sum.h"
 
 namespace ddp::test {
 namespace {
@@ -328,6 +329,33 @@ std::shared_ptr<Work> ThreadProcessGroup::allgather(std::vector<at::Tensor> outp
   call->tensor = std::move(input);
   call->outputs = std::move(outputs);
   return world_->issue(rank_, std::move(call));
+}
+
+std::shared_ptr<Work> ThreadProcessGroup::allreduce_ordered(at::Tensor tensor, OrderedReduce how) {
+  check_tensor(tensor, "allreduce_ordered");
+  const detail::OrderedSum sum(tensor, size(), rank_, how);
+  auto work = std::make_shared<Work>(describe("ordered allreduce", tensor), 0, rank_);
+  work->mark_started();
+  const int n = size();
+  // The all-to-all, as an allgather of every rank's packed rows: this rank keeps row
+  // `rank_` of each.
+  const at::Tensor packed = sum.pack(nullptr).contiguous();
+  at::Tensor all = at::empty({n, n, sum.chunk()}, packed.options());
+  std::vector<at::Tensor> rows;
+  for (int r = 0; r < n; ++r) rows.push_back(all[r]);
+  allgather(rows, packed)->wait(timeout());
+  at::Tensor pieces = sum.pieces(nullptr);
+  for (int r = 0; r < n; ++r) pieces[r].copy_(all[r][rank_]);
+  // This rank adds and divides its own chunk only, as on a real backend (a rank whose
+  // divisor differed would show here), then the allgather of the sums.
+  const at::Tensor mine = sum.add(pieces, nullptr).contiguous();
+  at::Tensor gathered = sum.gathered(nullptr);
+  std::vector<at::Tensor> sums;
+  for (int r = 0; r < n; ++r) sums.push_back(gathered[r]);
+  allgather(sums, mine)->wait(timeout());
+  sum.unpack(gathered);
+  work->finish();
+  return work;
 }
 
 void ThreadProcessGroup::barrier() {

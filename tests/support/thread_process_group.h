@@ -136,6 +136,9 @@ class ThreadProcessGroup final : public ProcessGroup {
   std::shared_ptr<Work> allreduce(at::Tensor tensor) override;
   std::shared_ptr<Work> broadcast(at::Tensor tensor, int root) override;
   std::shared_ptr<Work> allgather(std::vector<at::Tensor> outputs, at::Tensor input) override;
+  // The owner-sums exchange of the built-in backends (rank j adds and divides chunk j),
+  // made of two allgathers; blocks until done.
+  std::shared_ptr<Work> allreduce_ordered(at::Tensor tensor, OrderedReduce how) override;
   void barrier() override;
   // Fails this rank's pending collectives and every later call with a CommError that says
   // `reason`; the peers' collectives that this rank will now never join fail too.

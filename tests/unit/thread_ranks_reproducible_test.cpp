@@ -6,12 +6,10 @@
 
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
 #include <ddp/ddp.h>
-#include <ddp/join.h>
 
 #include "planted.h"
 #include "thread_ranks.h"
@@ -67,36 +65,8 @@ TEST_CASE("reproducible on threads: Join's shadowed steps sum the active ranks i
     for (int joined : {1, n - 1}) {     // the rank that runs out of data one step early
       for (bool divide_by_world : {true, false}) {
         CAPTURE(n, joined, divide_by_world);
-        auto results = run_ranks(n, [&](int r, PG pg) {
-          int64_t differing = 0;
-          int64_t compared = 0;
-          ddp::test::Planted model;
-          ddp::DistributedDataParallel wrapped(
-              model, pg, ddp::test::test_options().reproducible(true).bucket_cap_mb(0.05).first_bucket_cap_mb(0.01));
-          ddp::JoinOptions options;
-          options.divide_by_initial_world_size(divide_by_world);
-          {
-            ddp::Join join(wrapped, options);
-            const int steps = r == joined ? kSteps - 1 : kSteps;
-            for (int it = 0; it < steps; ++it) {
-              model->zero_grad();
-              wrapped(ddp::test::planted_grads(r, it)).backward();
-              std::vector<bool> used(static_cast<size_t>(n), true);
-              if (it >= kSteps - 1) used[static_cast<size_t>(joined)] = false;
-              const int64_t active = std::count(used.begin(), used.end(), true);
-              for (size_t i = 0; i < model->params.size(); ++i) {
-                std::vector<torch::Tensor> per_rank;
-                for (int q = 0; q < n; ++q) per_rank.push_back(ddp::test::planted_grad(q, it, i));
-                const torch::Tensor expected =
-                    ddp::test::rank_order_average(per_rank, at::kFloat, divide_by_world ? n : active, used);
-                differing += ddp::test::differing_bits(model->params[i].grad(), expected);
-                compared += 1;
-              }
-            }
-            join.join();
-          }
-          return std::make_pair(differing, compared);
-        });
+        auto results =
+            run_ranks(n, [&](int, PG pg) { return ddp::test::run_planted_join(pg, joined, divide_by_world, kSteps); });
         require_values(results);
         for (const auto& r : results) {
           CAPTURE(r.rank);
