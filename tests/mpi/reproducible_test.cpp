@@ -13,7 +13,6 @@
 
 #include <ddp/hooks.h>
 
-#include "misuse_fixtures.h"
 #include "planted.h"
 #include "world.h"
 
@@ -21,7 +20,6 @@ namespace {
 
 using ddp::test::differing_between;
 using ddp::test::identical_across_ranks;
-using ddp::test::planted_grad;
 using ddp::test::planted_sizes;
 using ddp::test::run_planted;
 using ddp::test::unit_roundoff;
@@ -99,15 +97,7 @@ TEST_CASE("bf16 on the wire: each average within bf16's rounding of the exact me
   const double ub = unit_roundoff(at::kBFloat16);
   const double uf = unit_roundoff(at::kFloat);
   for (size_t i = 0; i < planted_sizes().size(); ++i) {
-    torch::Tensor sum = torch::zeros({planted_sizes()[i]}, torch::kDouble);
-    torch::Tensor magnitude = torch::zeros_like(sum);
-    for (int r = 0; r < n; ++r) {
-      const torch::Tensor x = planted_grad(r, 0, i).to(torch::kDouble);
-      sum += x;
-      magnitude += x.abs();
-    }
-    const torch::Tensor mean = sum / n;
-    const torch::Tensor a = magnitude / n;
+    const auto [mean, a] = ddp::test::exact_mean(n, 0, i);
     const torch::Tensor bound = (ub * (a + mean.abs()) + (n + 1) * uf * a) * (1 + 4 * ub);
     const torch::Tensor error = (model->params[i].grad().to(torch::kDouble) - mean).abs();
     CAPTURE(i, n);
@@ -138,16 +128,10 @@ TEST_CASE("reproducible with a communication hook: the hook's all-reduces are or
     CHECK(differing_between(o, hooked.front()) == 0);
     for (size_t i = 0; i < o.last.size(); ++i) {
       CHECK(identical_across_ranks(o.last[i]));
-      torch::Tensor sum = torch::zeros({planted_sizes()[i]}, torch::kDouble);
-      torch::Tensor magnitude = torch::zeros_like(sum);
-      for (int r = 0; r < n; ++r) {
-        const torch::Tensor x = planted_grad(r, 0, i).to(torch::kDouble);
-        sum += x;
-        magnitude += x.abs();
-      }
-      const torch::Tensor error = (o.last[i].to(torch::kDouble) - sum / n).abs();
+      const auto [mean, a] = ddp::test::exact_mean(n, 0, i);
+      const torch::Tensor error = (o.last[i].to(torch::kDouble) - mean).abs();
       CAPTURE(i);
-      CHECK((error <= tolerance * magnitude / n * (1 + 1e-6)).all().item<bool>());
+      CHECK((error <= tolerance * a * (1 + 1e-6)).all().item<bool>());
     }
   }
 }

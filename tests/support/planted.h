@@ -67,6 +67,23 @@ inline std::vector<torch::Tensor> planted_grads(int q, int it) {
   return out;
 }
 
+// The exact average of parameter i's planted gradients over `n` ranks in iteration `it`,
+// and the size of what it averages, A = sum_r |x_r| / n (error bounds scale with it).
+struct ExactMean {
+  torch::Tensor mean;
+  torch::Tensor size;
+};
+inline ExactMean exact_mean(int n, int it, size_t i) {
+  torch::Tensor sum = torch::zeros({planted_sizes()[i]}, torch::kDouble);
+  torch::Tensor magnitude = torch::zeros_like(sum);
+  for (int r = 0; r < n; ++r) {
+    const torch::Tensor x = planted_grad(r, it, i).to(torch::kDouble);
+    sum += x;
+    magnitude += x.abs();
+  }
+  return {sum / n, magnitude / n};
+}
+
 // float rounded to `wire` and back (round to nearest even, as ATen's casts).
 inline float through(float v, c10::ScalarType wire) {
   if (wire == at::kBFloat16) return static_cast<float>(c10::BFloat16(v));
