@@ -390,7 +390,9 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
 
 // Fraction of the collectives' time that ran before backward's compute ended (finalize
 // start): communication hidden behind computation. `comm_ms` gets the collectives' time
-// per step (they run one after another on the communication thread).
+// per step (they run one after another on the communication thread). The collectives are
+// the reducer's bucket all-reduces or, with a communication hook, the hook's (PowerSGD's
+// Q all-reduces run in finalize, so they count as not hidden).
 double hidden_fraction(const ddp::Timeline& timeline, double* comm_ms = nullptr) {
   std::map<int64_t, Clock::time_point> finalize_start;
   for (const auto& e : timeline.events()) {
@@ -398,13 +400,15 @@ double hidden_fraction(const ddp::Timeline& timeline, double* comm_ms = nullptr)
   }
   double total = 0, hidden = 0;
   for (const auto& e : timeline.events()) {
-    if (e.kind != ddp::Timeline::Kind::kCollective || !finalize_start.count(e.iteration)) continue;
+    const bool collective =
+        e.kind == ddp::Timeline::Kind::kCollective || e.kind == ddp::Timeline::Kind::kHookCollective;
+    if (!collective || !finalize_start.count(e.iteration)) continue;
     const double d = std::chrono::duration<double>(e.end - e.start).count();
     const auto cut = std::min(e.end, finalize_start[e.iteration]);
     total += d;
     if (cut > e.start) hidden += std::chrono::duration<double>(cut - e.start).count();
   }
-  // No collective at all: a communication hook's (the timeline does not record them), unknown.
+  // No collective at all (the timeline off, or a CUDA step whose ends are not known on the host): unknown.
   if (comm_ms != nullptr) {
     *comm_ms = finalize_start.empty() || total == 0 ? -1 : 1000.0 * total / finalize_start.size();
   }

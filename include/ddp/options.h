@@ -33,6 +33,19 @@ struct Options {
   // Cap of the first bucket (the last layers' gradients), smaller so that the first
   // collective starts early in the backward pass.
   TORCH_ARG(double, first_bucket_cap_mb) = 1.0;
+  // Per-bucket caps in MiB, as PyTorch's bucket_cap_mb_list (pytorch/pytorch #169026):
+  // bucket k (in bucket order, counted per dtype, device and wire dtype, like the first
+  // bucket; a gradient reduced alone by in_place_min_mb does not count) closes at entry k,
+  // the last entry repeating, e.g. {1, 4, 25}. Non-empty, it replaces first_bucket_cap_mb
+  // and bucket_cap_mb. Every entry must be > 0.
+  TORCH_ARG(std::vector<double>, bucket_cap_mb_list) = {};
+  // PyTorch's bucket_cap_mb=None (pytorch/pytorch #121640): the first iteration reduces
+  // one bucket per dtype, device and wire dtype, with no cap (in_place_min_mb applies from
+  // the rebuild on);
+  // the rebuild after it lays the buckets out with the caps above, in the observed order.
+  // Fewer, larger collectives in an iteration that overlaps poorly anyway (its order is a
+  // guess), at the price of one flat buffer the size of all gradients until the rebuild.
+  TORCH_ARG(bool, first_iteration_one_bucket) = false;
   // Walk the autograd graph from the forward outputs and mark the parameters that
   // cannot receive a gradient as ready at once. A speed option only: unused
   // parameters are handled correctly without it.

@@ -21,6 +21,7 @@ class Timeline {
     kFinalize,    // the end-of-backward callback, whole
     kFinalizeWait,// finalize waiting for the collectives
     kBackward,    // first hook to end of finalize
+    kHookCollective, // a collective a communication hook issued, start to end (index = bucket)
   };
 
   struct Event {
@@ -29,6 +30,11 @@ class Timeline {
     int64_t iteration;
     Clock::time_point start;
     Clock::time_point end; // == start for instants
+    // kCollective, kHookCollective: the bytes of the tensor handed to the collective (for
+    // an allgather, the input), and the operation ("allreduce", "allreduce_ordered",
+    // "broadcast", "allgather"); 0 and null otherwise.
+    int64_t bytes = 0;
+    const char* op = nullptr; // a string literal
   };
 
   explicit Timeline(bool enabled = false) : enabled_(enabled) {}
@@ -36,9 +42,10 @@ class Timeline {
   bool enabled() const { return enabled_; }
   void set_enabled(bool enabled) { enabled_ = enabled; }
 
-  void record(Kind kind, int64_t index, int64_t iteration, Clock::time_point start, Clock::time_point end) {
+  void record(Kind kind, int64_t index, int64_t iteration, Clock::time_point start, Clock::time_point end,
+              int64_t bytes = 0, const char* op = nullptr) {
     if (enabled_) {
-      events_.push_back(Event{kind, index, iteration, start, end});
+      events_.push_back(Event{kind, index, iteration, start, end, bytes, op});
     }
   }
 
@@ -47,6 +54,8 @@ class Timeline {
 
   // Writes the events as a Chrome-trace JSON array, pid = rank, one thread per kind.
   // parameter_names resolves kHook indices; times are microseconds since `origin`.
+  // Collectives carry "bytes" in their args; a hook's are named "<op> bucket <b>" in the
+  // category "hook_collective", on the communication row beside the reducer's own.
   void write_chrome_trace(const std::string& path, int rank,
                           const std::vector<std::string>& parameter_names,
                           Clock::time_point origin) const;

@@ -1,6 +1,7 @@
 #include "bucket/bucket_assignment.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <tuple>
@@ -8,6 +9,15 @@
 #include "common/check.h"
 
 namespace ddp::detail {
+
+size_t BucketCaps::cap_of(size_t k) const {
+  if (list.empty()) return k == 0 ? first_bytes : bytes;
+  return list[std::min(k, list.size() - 1)];
+}
+
+BucketCaps BucketCaps::one_bucket() {
+  return {std::numeric_limits<size_t>::max(), std::numeric_limits<size_t>::max(), 0};
+}
 
 std::vector<size_t> reverse_order(size_t count) {
   std::vector<size_t> order(count);
@@ -24,7 +34,7 @@ std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& t
     std::vector<size_t> members;
     size_t bytes = 0;
     size_t last_position = 0;
-    bool first = true;
+    size_t closed_before = 0; // buckets of this kind closed already: the open one's index
   };
   // Key: (device type, device index, dtype, group).
   std::map<std::tuple<int, int, int, int>, Open> open;
@@ -48,13 +58,12 @@ std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& t
     bucket.members.push_back(index);
     bucket.bytes += bytes;
     bucket.last_position = position;
-    const size_t cap = bucket.first ? caps.first_bytes : caps.bytes;
-    if (bucket.bytes >= cap) {
+    if (bucket.bytes >= caps.cap_of(bucket.closed_before)) {
       // The position of a bucket's last member is when it can launch.
       closed.push_back({std::move(bucket.members), position});
       bucket.members.clear();
       bucket.bytes = 0;
-      bucket.first = false;
+      bucket.closed_before += 1;
     }
   }
   for (auto& [key, bucket] : open) {

@@ -13,6 +13,15 @@ struct BucketCaps {
   size_t first_bytes; // cap of the first bucket of each (dtype, device)
   size_t bytes;       // cap of every later bucket
   size_t solo_bytes = 0; // tensors at least this large get a bucket of their own (0: never)
+  // Non-empty: the cap of bucket k of each (dtype, device, group) is list[k], the last
+  // entry repeating, instead of first_bytes then bytes (Options::bucket_cap_mb_list).
+  std::vector<size_t> list = {};
+
+  // The cap of the k-th bucket (0-based) of one (dtype, device, group).
+  size_t cap_of(size_t k) const;
+  // No cap and no solo buckets: one bucket per (dtype, device, group), which is what the
+  // first iteration uses under Options::first_iteration_one_bucket.
+  static BucketCaps one_bucket();
 };
 
 // Walks `order` (parameter indices in the order their gradients are expected to be

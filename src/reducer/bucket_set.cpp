@@ -51,11 +51,18 @@ size_t BucketSet::in_place_min_bytes() const {
   return mib_to_bytes(options_.in_place_min_mb());
 }
 
+BucketCaps BucketSet::caps() const {
+  // Until the rebuild, first_iteration_one_bucket lays out one bucket per kind.
+  if (options_.first_iteration_one_bucket() && !rebuilt_) return BucketCaps::one_bucket();
+  BucketCaps caps{mib_to_bytes(options_.first_bucket_cap_mb()), mib_to_bytes(options_.bucket_cap_mb()),
+                  in_place_min_bytes()};
+  for (double mib : options_.bucket_cap_mb_list()) caps.list.push_back(mib_to_bytes(mib));
+  return caps;
+}
+
 void BucketSet::build(const std::vector<size_t>& order) {
-  auto assignment = assign_buckets(
-      parameters_, order,
-      {mib_to_bytes(options_.first_bucket_cap_mb()), mib_to_bytes(options_.bucket_cap_mb()), in_place_min_bytes()},
-      precision_.ordered() ? precision_.bucket_groups() : std::vector<int>{});
+  auto assignment = assign_buckets(parameters_, order, caps(),
+                                   precision_.ordered() ? precision_.bucket_groups() : std::vector<int>{});
   std::vector<std::unique_ptr<Bucket>> buckets;
   std::vector<Slot> slots(parameters_.size());
   int64_t bytes = 0;

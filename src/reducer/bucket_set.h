@@ -23,6 +23,7 @@
 #include <ddp/reducer_stats.h>
 
 #include "bucket/bucket.h"
+#include "bucket/bucket_assignment.h"
 #include "bucket/reduction_precision.h"
 
 namespace ddp::detail {
@@ -109,6 +110,11 @@ class BucketSet {
   std::vector<int64_t> bytes() const;
 
  private:
+  // The caps of the next build: the options' (bucket_cap_mb_list, else first_bucket_cap_mb
+  // and bucket_cap_mb), or one bucket per kind before the rebuild with
+  // first_iteration_one_bucket.
+  BucketCaps caps() const;
+
   const std::vector<at::Tensor>& parameters_;
   const std::vector<std::string>& names_;
   const std::vector<std::vector<int64_t>>& shapes_;

@@ -24,6 +24,14 @@ const char* step_check_name(Options::StepCheck mode) {
   return "?";
 }
 
+// "[1, 4, 25]" ("none" when empty).
+std::string cap_list_text(const std::vector<double>& caps) {
+  if (caps.empty()) return "none";
+  std::string out = "[";
+  for (size_t k = 0; k < caps.size(); ++k) out += fmt::format("{}{}", k == 0 ? "" : ", ", caps[k]);
+  return out + "]";
+}
+
 // "*.bias=Float, *norm*=Float" ("none" without any).
 std::string wire_overrides_text(const std::vector<Options::WireDtype>& overrides) {
   if (overrides.empty()) return "none";
@@ -41,6 +49,9 @@ std::vector<ConsistencyItem> construction_items(const Options& o, const Reducer:
   std::vector<ConsistencyItem> items = {
       {Kind::kOption, "bucket_cap_mb", fmt::format("{}", o.bucket_cap_mb())},
       {Kind::kOption, "first_bucket_cap_mb", fmt::format("{}", o.first_bucket_cap_mb())},
+      // Different caps pair collectives of different sizes.
+      {Kind::kOption, "bucket_cap_mb_list", cap_list_text(o.bucket_cap_mb_list())},
+      {Kind::kOption, "first_iteration_one_bucket", o.first_iteration_one_bucket() ? "true" : "false"},
       {Kind::kOption, "in_place_min_mb", fmt::format("{}", o.in_place_min_mb())},
       {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view() ? "true" : "false"},
       {Kind::kOption, "broadcast_buffers", o.broadcast_buffers() ? "true" : "false"},
@@ -112,12 +123,18 @@ Reducer::NamedParameters ConstructionCheck::trainable(const Reducer::NamedParame
 }
 
 Options ConstructionCheck::resolve(Options options, int rank) {
-  auto bad = [rank](const char* field, double value, const char* rule) {
+  auto bad = [rank](const std::string& field, double value, const char* rule) {
     return InvalidArgumentError(
         fmt::format("[ddp rank {}] Options::{} = {} is invalid: it must be {}", rank, field, value, rule));
   };
   if (!(options.bucket_cap_mb() > 0)) throw bad("bucket_cap_mb", options.bucket_cap_mb(), "> 0 (MiB)");
   if (!(options.first_bucket_cap_mb() > 0)) throw bad("first_bucket_cap_mb", options.first_bucket_cap_mb(), "> 0 (MiB)");
+  const std::vector<double>& cap_list = options.bucket_cap_mb_list();
+  for (size_t k = 0; k < cap_list.size(); ++k) {
+    if (!(cap_list[k] > 0)) {
+      throw bad(fmt::format("bucket_cap_mb_list[{}]", k), cap_list[k], "> 0 (MiB), like every cap in the list");
+    }
+  }
   if (!(options.in_place_min_mb() >= 0 || options.in_place_min_mb() == -1.0)) {
     throw bad("in_place_min_mb", options.in_place_min_mb(), ">= 0 (MiB), or -1 for the default");
   }

@@ -69,6 +69,7 @@ void Reducer::Impl::finalize() {
       }
     }
     stats.hook_bytes_per_iteration = hook_runner_.take_bytes();
+    hook_runner_.record_timeline(timeline, iteration); // its futures are complete: the ends are known
     lock.unlock();
   }
   if (!failure) failure = wait_for_section(iteration, read_later);
@@ -210,7 +211,8 @@ std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_
       // not known on the host, so the timeline leaves it out.
       if (timeline.enabled() && work.is_completed()) {
         timeline.record(Timeline::Kind::kCollective, static_cast<int64_t>(b), iteration, work.start_time(),
-                        work.end_time());
+                        work.end_time(), static_cast<int64_t>(buckets_.bucket(b).bytes()),
+                        buckets_.precision().ordered() ? "allreduce_ordered" : "allreduce");
       }
     }
     const auto& flags = status_row_.work();

@@ -24,6 +24,17 @@ void HookRunner::install(std::shared_ptr<CommHook> hook, bool reproducible) {
 void HookRunner::reset(size_t buckets) {
   futures_.assign(buckets, nullptr);
   failed_bucket_ = -1;
+  if (group_) group_->take_issued(); // an interrupted backward's, never recorded
+}
+
+void HookRunner::record_timeline(Timeline& timeline, int64_t iteration) {
+  if (!group_) return;
+  for (const auto& c : group_->take_issued()) {
+    if (timeline.enabled() && c.work->is_completed()) {
+      timeline.record(Timeline::Kind::kHookCollective, c.bucket, iteration, c.work->start_time(), c.work->end_time(),
+                      c.bytes, c.op);
+    }
+  }
 }
 
 std::string HookRunner::failure_message(const std::string& rank_prefix, const BucketSet& buckets, size_t b,
@@ -42,6 +53,7 @@ std::optional<std::string> HookRunner::run(BucketSet& buckets, size_t b, int64_t
   GradBucket grad_bucket(b, b + 1 == buckets.size(), buffer, buckets.names_of_bucket(b), buckets.shapes_of_bucket(b),
                          *group_, iteration);
   const int64_t issued = group_->collectives();
+  group_->set_bucket(static_cast<int64_t>(b));
   std::string failure;
   try {
     futures_[b] = hook_->run(grad_bucket);
@@ -87,6 +99,7 @@ void HookRunner::complete(BucketSet& buckets, bool interrupted, std::vector<Fail
   };
   for (size_t b = 0; b < futures_.size(); ++b) {
     if (!futures_[b]) continue;
+    group_->set_bucket(static_cast<int64_t>(b)); // what its continuations issue is bucket b's
     try {
       futures_[b]->advance(remaining());
     } catch (const CommError&) {
@@ -98,6 +111,7 @@ void HookRunner::complete(BucketSet& buckets, bool interrupted, std::vector<Fail
   }
   for (size_t b = 0; b < futures_.size(); ++b) {
     if (!futures_[b]) continue;
+    group_->set_bucket(static_cast<int64_t>(b));
     Bucket& bucket = buckets.bucket(b);
     std::string problem;
     try {

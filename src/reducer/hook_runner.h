@@ -19,6 +19,7 @@
 #include <ddp/comm_future.h>
 #include <ddp/comm_hook.h>
 #include <ddp/process_group.h>
+#include <ddp/timeline.h>
 
 #include "reducer/bucket_set.h"
 #include "reducer/hook_process_group.h"
@@ -64,6 +65,12 @@ class HookRunner {
 
   // Bytes the hook's collectives were handed since the last call.
   int64_t take_bytes() { return group_ ? group_->take_bytes() : 0; }
+  // Puts the hook's collectives issued since the last call on `timeline` (kHookCollective:
+  // bucket, operation, bytes, start to end), those complete; forgets them all. Called by
+  // finalize after complete(). On a CUDA group a collective only ordered on the stream
+  // may not have finished: its end is not known on the host, so it is left out, as the
+  // reducer's own are.
+  void record_timeline(Timeline& timeline, int64_t iteration);
   // Per-iteration state, for `buckets` buckets.
   void reset(size_t buckets);
 

@@ -18,6 +18,7 @@ const char* Timeline::kind_name(Kind kind) {
     case Kind::kFinalize: return "finalize";
     case Kind::kFinalizeWait: return "finalize_wait";
     case Kind::kBackward: return "backward";
+    case Kind::kHookCollective: return "hook_collective";
   }
   return "unknown";
 }
@@ -46,6 +47,7 @@ std::string escape(const std::string& s) {
 int thread_of(Timeline::Kind kind) {
   switch (kind) {
     case Timeline::Kind::kCollective:
+    case Timeline::Kind::kHookCollective:
     case Timeline::Kind::kUsedFlags: return 2;
     case Timeline::Kind::kBackward: return 0;
     default: return 1;
@@ -80,6 +82,8 @@ void Timeline::write_chrome_trace(const std::string& path, int rank, const std::
                  : fmt::format("hook #{}", e.index);
     } else if (e.kind == Kind::kBucketReady || e.kind == Kind::kCollective) {
       name = fmt::format("{} bucket {}", kind_name(e.kind), e.index);
+    } else if (e.kind == Kind::kHookCollective) {
+      name = fmt::format("{} bucket {}", e.op ? e.op : "collective", e.index);
     } else {
       name = kind_name(e.kind);
     }
@@ -88,10 +92,12 @@ void Timeline::write_chrome_trace(const std::string& path, int rank, const std::
                          "\"tid\":{},\"args\":{{\"iteration\":{}}}}}",
                          name, kind_name(e.kind), us(e.start), rank, thread_of(e.kind), e.iteration);
     } else {
+      const bool collective = e.kind == Kind::kCollective || e.kind == Kind::kHookCollective;
+      const std::string bytes = collective ? fmt::format(",\"bytes\":{}", e.bytes) : "";
       out += fmt::format(",\n{{\"name\":\"{}\",\"cat\":\"{}\",\"ph\":\"X\",\"ts\":{:.3f},\"dur\":{:.3f},\"pid\":{},"
-                         "\"tid\":{},\"args\":{{\"iteration\":{}}}}}",
+                         "\"tid\":{},\"args\":{{\"iteration\":{}{}}}}}",
                          name, kind_name(e.kind), us(e.start), us(e.end) - us(e.start), rank, thread_of(e.kind),
-                         e.iteration);
+                         e.iteration, bytes);
     }
   }
   out += "\n]\n";

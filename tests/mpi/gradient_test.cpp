@@ -129,6 +129,29 @@ TEST_CASE("MLP gradients equal single-process autograd for tiny to huge buckets"
   }
 }
 
+TEST_CASE("bucket_cap_mb_list and first_iteration_one_bucket: gradients equal single-process autograd", "[grad]") {
+  // A list whose first cap holds one tensor and whose later caps vary; the first iteration
+  // in one bucket, then the default caps or the list.
+  std::vector<ddp::Options> cases{ddp::test::test_options().bucket_cap_mb_list({1e-6, 1e-3, 1e-4}),
+                                  ddp::test::test_options().first_iteration_one_bucket(true),
+                                  ddp::test::test_options().first_iteration_one_bucket(true).bucket_cap_mb_list(
+                                      {1e-6, 1e-3, 1e-4})};
+  for (size_t c = 0; c < cases.size(); ++c) {
+    CAPTURE(c);
+    check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); }, cases[c], {8}, 4, false,
+                                      ddp::test::MlpImpl::reduction_terms(kShard * world().size()));
+  }
+  // The layouts the options say: fc3.bias (16 bytes) closes bucket 0 alone at the 1e-6 MiB
+  // cap; the first iteration's single bucket holds all six parameters.
+  ddp::test::Mlp net;
+  ddp::DistributedDataParallel listed(net, ddp::test::world_ptr(), cases[0]);
+  CHECK(listed->reducer().bucket_layout().front() == std::vector<std::string>{"fc3.bias"});
+  ddp::test::Mlp other;
+  ddp::DistributedDataParallel one(other, ddp::test::world_ptr(), cases[1]);
+  REQUIRE(one->reducer().bucket_layout().size() == 1);
+  CHECK(one->reducer().bucket_layout().front().size() == 6);
+}
+
 TEST_CASE("float64 parameters: gradients equal the oracle to float64 precision", "[grad]") {
   auto make = [] {
     ddp::test::Mlp m;

@@ -39,6 +39,8 @@ inline std::vector<OptionMismatch> option_mismatches() {
   return {
       {"bucket_cap_mb", [](ddp::Options& o) { o.bucket_cap_mb(10); }, "10"},
       {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb(2); }, "2"},
+      {"bucket_cap_mb_list", [](ddp::Options& o) { o.bucket_cap_mb_list({1, 4.5}); }, "[1, 4.5]"},
+      {"first_iteration_one_bucket", [](ddp::Options& o) { o.first_iteration_one_bucket(true); }, "true"},
       {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view(true); }, "true"},
       {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb(0); }, "0"},
       {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
@@ -228,6 +230,9 @@ inline std::vector<SetUpFailure> set_up_failures() {
        "Options::bucket_cap_mb = 0 is invalid"},
       {"in_place_min_mb out of range", [](torch::nn::Linear&, ddp::Options& o) { o.in_place_min_mb(-3); },
        "Options::in_place_min_mb = -3 is invalid"},
+      {"a bucket_cap_mb_list entry out of range",
+       [](torch::nn::Linear&, ddp::Options& o) { o.bucket_cap_mb_list({2, 0.5, 0}); },
+       "Options::bucket_cap_mb_list[2] = 0 is invalid"},
   };
 }
 

@@ -138,6 +138,8 @@ inline std::vector<std::pair<std::string, ddp::Options>> planted_layouts(const d
       {"small buckets", with([](ddp::Options& o) { o.bucket_cap_mb(0.01).first_bucket_cap_mb(0.001); })},
       {"one bucket", with([](ddp::Options& o) { o.bucket_cap_mb(1000).first_bucket_cap_mb(1000).in_place_min_mb(0); })},
       {"more in place", with([](ddp::Options& o) { o.in_place_min_mb(0.01); })},
+      {"bucket_cap_mb_list", with([](ddp::Options& o) { o.bucket_cap_mb_list({0.001, 0.2, 0.01}); })},
+      {"first_iteration_one_bucket", with([](ddp::Options& o) { o.first_iteration_one_bucket(true); })},
       {"gradient_as_bucket_view", with([](ddp::Options& o) { o.gradient_as_bucket_view(true); })},
       {"static_graph", with([](ddp::Options& o) { o.static_graph(true); })},
       {"find_unused_parameters", with([](ddp::Options& o) { o.find_unused_parameters(true); })},

@@ -52,6 +52,49 @@ TEST_CASE("tensors at least solo_bytes large get a bucket of their own; the open
   CHECK(assign_buckets(t, reverse_order(5), caps) == Buckets{{4, 3, 2, 1, 0}});
 }
 
+TEST_CASE("a cap list gives bucket k the k-th cap, the last one repeating", "[bucket]") {
+  auto t = floats({100, 100, 100, 100, 100, 100, 100}); // 400 bytes each
+  BucketCaps caps{1 << 30, 1 << 30};                     // ignored once the list is set
+  caps.list = {400, 1200, 800};
+  // Reverse order 6..0: bucket 0 closes at 400 bytes, bucket 1 at 1200, then 800 each.
+  CHECK(assign_buckets(t, reverse_order(7), caps) == Buckets{{6}, {5, 4, 3}, {2, 1}, {0}});
+  CHECK(caps.cap_of(0) == 400);
+  CHECK(caps.cap_of(2) == 800);
+  CHECK(caps.cap_of(50) == 800);
+  // One entry: every bucket has that cap, the first one too.
+  caps.list = {800};
+  CHECK(assign_buckets(t, reverse_order(7), caps) == Buckets{{6, 5}, {4, 3}, {2, 1}, {0}});
+  // Without a list: first_bytes, then bytes.
+  caps.list.clear();
+  caps.first_bytes = 400;
+  caps.bytes = 1200;
+  CHECK(caps.cap_of(0) == 400);
+  CHECK(caps.cap_of(1) == 1200);
+  CHECK(assign_buckets(t, reverse_order(7), caps) == Buckets{{6}, {5, 4, 3}, {2, 1, 0}});
+}
+
+TEST_CASE("a cap list counts the buckets of each dtype and wire group on their own", "[bucket]") {
+  // Floats (40 bytes) and doubles (80 bytes), interleaved.
+  std::vector<at::Tensor> t{at::zeros({10}), at::zeros({10}, at::kDouble), at::zeros({10}),
+                            at::zeros({10}, at::kDouble), at::zeros({10}), at::zeros({10}, at::kDouble)};
+  BucketCaps caps{1 << 30, 1 << 30};
+  caps.list = {40, 1 << 20};
+  // Float bucket 0 = {4} (40 bytes), double bucket 0 = {5} (80 >= 40); the rest of each
+  // dtype shares its bucket 1. Buckets are ordered by their last member's position.
+  CHECK(assign_buckets(t, reverse_order(6), caps) == Buckets{{5}, {4}, {3, 1}, {2, 0}});
+  // Wire groups split the floats further, each group counting its own buckets: float 4
+  // closes group 1's bucket 0, float 2 is left in its bucket 1, and float 0, alone in
+  // group 0, closes that group's bucket 0 at the 40-byte cap.
+  CHECK(assign_buckets(t, reverse_order(6), caps, {0, 0, 1, 0, 1, 0}) == Buckets{{5}, {4}, {2}, {3, 1}, {0}});
+}
+
+TEST_CASE("one_bucket caps give one bucket per dtype, large tensors included", "[bucket]") {
+  auto t = floats({10, 1000000, 10, 1000000});
+  t.push_back(at::zeros({10}, at::kDouble));
+  CHECK(assign_buckets(t, reverse_order(5), BucketCaps::one_bucket()) == Buckets{{4}, {3, 2, 1, 0}});
+  CHECK(assign_buckets(t, {0, 1, 2, 3, 4}, BucketCaps::one_bucket()) == Buckets{{0, 1, 2, 3}, {4}});
+}
+
 TEST_CASE("an empty parameter list gives no buckets", "[bucket]") {
   CHECK(assign_buckets({}, {}, {1, 1}).empty());
 }
