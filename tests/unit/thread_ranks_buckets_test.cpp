@@ -16,9 +16,11 @@
 #include <ddp/ddp.h>
 
 #include "planted.h"
+#include "rank_results.h"
 #include "thread_ranks.h"
 #include "world.h"
 
+using ddp::test::require_values;
 using ddp::test::run_ranks;
 using PG = std::shared_ptr<ddp::ProcessGroup>;
 using Layout = std::vector<std::vector<std::string>>;
@@ -95,14 +97,6 @@ Seen train(PG pg, const ddp::Options& options, int iterations = 3) {
   seen.rebuilds = wrapped->reducer().stats().bucket_rebuilds;
   seen.buckets = wrapped->reducer().stats().buckets;
   return seen;
-}
-
-template <class Results>
-void require_values(const Results& results) {
-  for (const auto& r : results) {
-    INFO("rank " << r.rank << " threw " << r.error_type << ": " << r.error);
-    REQUIRE(r.value.has_value());
-  }
 }
 
 } // namespace

@@ -21,10 +21,12 @@
 
 #include "misuse_fixtures.h"
 #include "models.h"
+#include "rank_results.h"
 #include "thread_ranks.h"
 #include "world.h"
 
 using Catch::Contains;
+using ddp::test::require_values;
 using ddp::test::run_ranks;
 using PG = std::shared_ptr<ddp::ProcessGroup>;
 
@@ -54,14 +56,6 @@ ddp::test::Mlp copy_of(const ddp::test::Mlp& initial) {
   auto mine = m->named_parameters();
   for (const auto& p : initial->named_parameters()) mine[p.key()].copy_(p.value());
   return m;
-}
-
-template <class Results>
-void require_values(const Results& results) {
-  for (const auto& r : results) {
-    INFO("rank " << r.rank << " threw " << r.error_type << ": " << r.error);
-    REQUIRE(r.ok());
-  }
 }
 
 // What one rank measured against the oracle: the worst error over the compared values as

@@ -18,12 +18,14 @@
 #include <ddp/ddp.h>
 
 #include "misuse_fixtures.h"
+#include "rank_results.h"
 #include "thread_ranks.h"
 #include "throw_in_backward.h"
 #include "world.h"
 
 using Catch::Contains;
 using ddp::test::Injected;
+using ddp::test::require_values;
 using ddp::test::run_ranks;
 using ddp::test::ThrowInBackward;
 using PG = std::shared_ptr<ddp::ProcessGroup>;
@@ -48,15 +50,6 @@ std::string error_of(F&& f, const std::string& fallback = "no error") {
     return e.what();
   }
   return fallback;
-}
-
-// Every rank returned a value (no exception escaped its body).
-template <class Results>
-void require_values(const Results& results) {
-  for (const auto& r : results) {
-    INFO("rank " << r.rank << " threw " << r.error_type << ": " << r.error);
-    REQUIRE(r.ok());
-  }
 }
 
 const int kWorlds[] = {2, 3, 4};

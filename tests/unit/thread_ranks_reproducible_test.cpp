@@ -12,9 +12,11 @@
 #include <ddp/ddp.h>
 
 #include "planted.h"
+#include "rank_results.h"
 #include "thread_ranks.h"
 #include "world.h"
 
+using ddp::test::require_values;
 using ddp::test::run_ranks;
 using PG = std::shared_ptr<ddp::ProcessGroup>;
 
@@ -24,14 +26,6 @@ struct LayoutCount {
   std::string layout;
   int64_t differing;
 };
-
-template <typename T>
-void require_values(const std::vector<ddp::test::RankResult<T>>& results) {
-  for (const auto& r : results) {
-    CAPTURE(r.rank, r.error);
-    REQUIRE(r.value.has_value());
-  }
-}
 
 } // namespace
 
