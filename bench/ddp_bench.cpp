@@ -69,7 +69,7 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
 [[noreturn]] void usage(int rc) {
   std::printf(
       "usage: mpirun -np N ddp_bench [options]   (or torchrun ... --no-python ddp_bench --backend gloo)\n"
-      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet (not in all)\n"
+      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet, multitask (not in all)\n"
       "  --mode MODE[,MODE]      local (no DDP), ddp, ddp_fu (ddp with find_unused_parameters),\n"
       "                          ddp_join (ddp inside an enabled ddp::Join that no rank leaves:\n"
       "                          the cost of Join's per-step agreement),\n"
@@ -99,8 +99,9 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
       "                          the bytes each sends per step (ReducerStats::hook_bytes_per_iteration) and\n"
       "                          their ratio to plain all-reduce's. noop sends nothing: never for training\n"
       "  --reduction NAME[,NAME] Options for the sum: reproducible (Options::reproducible), wire-bf16, wire-fp16\n"
-      "                          (Options::wire_dtype, float32 sums). Like --comm-hook, each DDP mode also runs\n"
-      "                          once per name, as its own mode (ddp+reproducible, ...), in the same run\n"
+      "                          (Options::wire_dtype, float32 sums), no-skip (skip_all_reduce_unused_params\n"
+      "                          off: buckets no rank used are all-reduced too). Like --comm-hook, each DDP mode\n"
+      "                          also runs once per name, as its own mode (ddp+reproducible, ...), in the same run\n"
       "  --grad-checksum         rank 0 prints a checksum (FNV-1a of the bytes) of every step's gradients, per\n"
       "                          mode: with --reduction reproducible it stays the same across runs with other\n"
       "                          --bucket-cap-mb / --first-bucket-cap-mb / --in-place-min-mb / --grad-as-bucket-view\n"
@@ -180,8 +181,9 @@ Config parse(int argc, char** argv) {
     }
   }
   for (const auto& r : c.reductions) {
-    if (r != "reproducible" && r != "wire-bf16" && r != "wire-fp16") {
-      std::fprintf(stderr, "ddp_bench: unknown reduction '%s' (reproducible, wire-bf16, wire-fp16)\n", r.c_str());
+    if (r != "reproducible" && r != "wire-bf16" && r != "wire-fp16" && r != "no-skip") {
+      std::fprintf(stderr, "ddp_bench: unknown reduction '%s' (reproducible, wire-bf16, wire-fp16, no-skip)\n",
+                   r.c_str());
       usage(2);
     }
   }
@@ -201,6 +203,7 @@ bool apply_reduction(const std::string& name, ddp::Options& options) {
   if (name == "reproducible") options.reproducible(true);
   else if (name == "wire-bf16") options.wire_dtype(at::kBFloat16);
   else if (name == "wire-fp16") options.wire_dtype(at::kHalf);
+  else if (name == "no-skip") options.skip_all_reduce_unused_params(false);
   else return false;
   return true;
 }
@@ -460,6 +463,15 @@ struct Bench {
           cfg, pg, options, device, x,
           [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
     }
+    if (model == "multitask") {
+      batch = 32;
+      auto x = torch::randn({batch, 256}, f);
+      auto y = torch::randint(10, {batch}, f.dtype(torch::kLong));
+      // Task B is off for the whole run on every rank (an epoch of task A only).
+      return make_trainers<MultiTask>(
+          cfg, pg, options, device, x,
+          [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
+    }
     if (model == "deepsup") {
       batch = 32;
       auto x = torch::randn({batch, 256}, f);
@@ -475,7 +487,7 @@ struct Bench {
                                     },
                                     keep);
     }
-    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup, resnet)\n", model.c_str());
+    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup, multitask, resnet)\n", model.c_str());
     std::exit(2);
   }
 
@@ -547,9 +559,12 @@ struct Bench {
         const auto& s = red->stats();
         const double steps = std::max<int64_t>(1, s.iterations - before[t.mode].iterations);
         r.bytes_per_step = s.bytes_per_iteration;
-        r.bytes_sent_per_step = t.comm_hook.empty()
-                                    ? static_cast<int64_t>(static_cast<double>(s.bytes_per_iteration) * t.wire_fraction)
-                                    : s.hook_bytes_per_iteration;
+        // Less the buckets no rank used (skip_all_reduce_unused_params), per timed step.
+        const double skipped_bytes = (s.bytes_skipped - before[t.mode].bytes_skipped) / steps;
+        r.bytes_sent_per_step =
+            t.comm_hook.empty()
+                ? static_cast<int64_t>((static_cast<double>(s.bytes_per_iteration) - skipped_bytes) * t.wire_fraction)
+                : s.hook_bytes_per_iteration;
         r.buckets = s.buckets;
         r.bucket_bytes = red->bucket_bytes();
         r.hook_ms = (s.hook_ns - before[t.mode].hook_ns) / 1e6 / steps;

@@ -279,7 +279,6 @@ TEST_CASE("static_graph learns the used set once and rejects a changed graph by 
   // buckets (but those no rank used: skip_all_reduce_unused_params), and the
   // used-flags/status exchange that keeps an error on one rank an error on every rank.
   const int64_t skipped = model->reducer().stats().buckets_skipped - skipped_after_first;
-  CHECK(skipped > 0); // heads 1-3, the branch and `debug` are used by no rank
   CHECK(model->reducer().stats().collectives - collectives_after_first + skipped ==
         model->reducer().stats().buckets + 2);
   auto [outs, skip] = model(torch::randn({2, 6}), false);
