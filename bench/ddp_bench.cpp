@@ -289,6 +289,7 @@ struct Result {
   double hook_ms = 0, finalize_ms = 0, finalize_wait_ms = 0, walk_ms = 0, hidden_fraction = -1;
   double step_check_ms = 0; // headers + parameter checks: the cost of keeping the ranks in step
   int64_t walk_nodes = 0;
+  double collectives_per_step = 0, skipped_per_step = 0; // issued by the reducer; buckets left out
   double comm_ms = -1;       // the collectives' time per step, from the timeline
   double link_tx_bytes_per_s = 0, link_rx_bytes_per_s = 0; // --link-dev, mean over ranks
 };
@@ -573,6 +574,8 @@ struct Bench {
         r.walk_ms = (s.graph_walk_ns - before[t.mode].graph_walk_ns) / 1e6 / steps;
         r.step_check_ms = (s.step_check_ns - before[t.mode].step_check_ns) / 1e6 / steps;
         r.walk_nodes = s.graph_walk_nodes;
+        r.collectives_per_step = (s.collectives - before[t.mode].collectives) / steps;
+        r.skipped_per_step = (s.buckets_skipped - before[t.mode].buckets_skipped) / steps;
         // Overlap from a few extra steps with the timeline on (off while timing).
         auto* mutable_reducer = const_cast<ddp::Reducer*>(red);
         mutable_reducer->set_timeline_enabled(true);
@@ -762,7 +765,7 @@ int main(int argc, char** argv) {
       if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%90s\r", "");
       std::printf("\nmodel %s (batch per rank as in bench_models.h)\n", model.c_str());
       // With --comm-hook: wider mode labels ("ddp+powersgd"), and the bytes each mode sends.
-      const bool hooks = !cfg.comm_hooks.empty();
+      const bool hooks = !cfg.comm_hooks.empty() || !cfg.reductions.empty();
       int mode_width = 6;
       for (const auto& r : results) mode_width = std::max(mode_width, static_cast<int>(r.mode.size()));
       std::printf("%-*s %10s %9s %11s %10s %10s %8s %9s %11s %8s %9s%s\n", mode_width, "mode", "median ms", "p90 ms",
@@ -784,6 +787,11 @@ int main(int argc, char** argv) {
                     cell(r.finalize_ms, "{:.2f}").c_str(), cell(r.walk_ms, "{:.3f}").c_str(),
                     reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-",
                     sent.c_str());
+      }
+      for (const auto& r : results) {
+        if (!is_ddp_mode(r.mode) || (r.skipped_per_step == 0 && cfg.reductions.empty())) continue;
+        std::printf("collectives (%s): %.2f per step issued by the reducer, %.2f bucket all-reduces skipped per step\n",
+                    r.mode.c_str(), r.collectives_per_step, r.skipped_per_step);
       }
       for (const auto& r : results) {
         if (r.comm_hook.empty()) continue;
