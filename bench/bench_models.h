@@ -143,4 +143,30 @@ struct DeepSupImpl : torch::nn::Module {
 };
 TORCH_MODULE(DeepSup);
 
+// Multi-task: a shared trunk and two task towers of the same size, task B's computed only
+// while it is on. The bench runs an epoch of task A only, on every rank: B's tower, about
+// half the parameters, gets no gradient anywhere (what skip_all_reduce_unused_params saves).
+struct MultiTaskImpl : torch::nn::Module {
+  MultiTaskImpl() {
+    trunk = register_module("trunk", torch::nn::Linear(256, 512));
+    for (const char* task : {"a", "b"}) {
+      auto& tower = std::string(task) == "a" ? tower_a : tower_b;
+      tower = register_module(std::string("tower_") + task,
+                              torch::nn::Sequential(torch::nn::Linear(512, 1024), torch::nn::ReLU(),
+                                                    torch::nn::Linear(1024, 1024), torch::nn::ReLU(),
+                                                    torch::nn::Linear(1024, 10)));
+    }
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    torch::Tensor h = torch::relu(trunk(x));
+    torch::Tensor out = tower_a->forward(h);
+    if (task_b_on) out = out + tower_b->forward(h);
+    return out;
+  }
+  torch::nn::Linear trunk{nullptr};
+  torch::nn::Sequential tower_a{nullptr}, tower_b{nullptr};
+  bool task_b_on = false;
+};
+TORCH_MODULE(MultiTask);
+
 } // namespace ddp::bench

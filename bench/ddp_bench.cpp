@@ -69,7 +69,7 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
 [[noreturn]] void usage(int rc) {
   std::printf(
       "usage: mpirun -np N ddp_bench [options]   (or torchrun ... --no-python ddp_bench --backend gloo)\n"
-      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet (not in all)\n"
+      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet, multitask (not in all)\n"
       "  --mode MODE[,MODE]      local (no DDP), ddp, ddp_fu (ddp with find_unused_parameters),\n"
       "                          ddp_join (ddp inside an enabled ddp::Join that no rank leaves:\n"
       "                          the cost of Join's per-step agreement),\n"
@@ -99,8 +99,9 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
       "                          the bytes each sends per step (ReducerStats::hook_bytes_per_iteration) and\n"
       "                          their ratio to plain all-reduce's. noop sends nothing: never for training\n"
       "  --reduction NAME[,NAME] Options for the sum: reproducible (Options::reproducible), wire-bf16, wire-fp16\n"
-      "                          (Options::wire_dtype, float32 sums). Like --comm-hook, each DDP mode also runs\n"
-      "                          once per name, as its own mode (ddp+reproducible, ...), in the same run\n"
+      "                          (Options::wire_dtype, float32 sums), no-skip (skip_all_reduce_unused_params\n"
+      "                          off: buckets no rank used are all-reduced too). Like --comm-hook, each DDP mode\n"
+      "                          also runs once per name, as its own mode (ddp+reproducible, ...), in the same run\n"
       "  --grad-checksum         rank 0 prints a checksum (FNV-1a of the bytes) of every step's gradients, per\n"
       "                          mode: with --reduction reproducible it stays the same across runs with other\n"
       "                          --bucket-cap-mb / --first-bucket-cap-mb / --in-place-min-mb / --grad-as-bucket-view\n"
@@ -180,8 +181,9 @@ Config parse(int argc, char** argv) {
     }
   }
   for (const auto& r : c.reductions) {
-    if (r != "reproducible" && r != "wire-bf16" && r != "wire-fp16") {
-      std::fprintf(stderr, "ddp_bench: unknown reduction '%s' (reproducible, wire-bf16, wire-fp16)\n", r.c_str());
+    if (r != "reproducible" && r != "wire-bf16" && r != "wire-fp16" && r != "no-skip") {
+      std::fprintf(stderr, "ddp_bench: unknown reduction '%s' (reproducible, wire-bf16, wire-fp16, no-skip)\n",
+                   r.c_str());
       usage(2);
     }
   }
@@ -201,6 +203,7 @@ bool apply_reduction(const std::string& name, ddp::Options& options) {
   if (name == "reproducible") options.reproducible(true);
   else if (name == "wire-bf16") options.wire_dtype(at::kBFloat16);
   else if (name == "wire-fp16") options.wire_dtype(at::kHalf);
+  else if (name == "no-skip") options.skip_all_reduce_unused_params(false);
   else return false;
   return true;
 }
@@ -286,6 +289,7 @@ struct Result {
   double hook_ms = 0, finalize_ms = 0, finalize_wait_ms = 0, walk_ms = 0, hidden_fraction = -1;
   double step_check_ms = 0; // headers + parameter checks: the cost of keeping the ranks in step
   int64_t walk_nodes = 0;
+  double collectives_per_step = 0, skipped_per_step = 0; // issued by the reducer; buckets left out
   double comm_ms = -1;       // the collectives' time per step, from the timeline
   double link_tx_bytes_per_s = 0, link_rx_bytes_per_s = 0; // --link-dev, mean over ranks
 };
@@ -464,6 +468,15 @@ struct Bench {
           cfg, pg, options, device, x,
           [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
     }
+    if (model == "multitask") {
+      batch = 32;
+      auto x = torch::randn({batch, 256}, f);
+      auto y = torch::randint(10, {batch}, f.dtype(torch::kLong));
+      // Task B is off for the whole run on every rank (an epoch of task A only).
+      return make_trainers<MultiTask>(
+          cfg, pg, options, device, x,
+          [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
+    }
     if (model == "deepsup") {
       batch = 32;
       auto x = torch::randn({batch, 256}, f);
@@ -479,7 +492,7 @@ struct Bench {
                                     },
                                     keep);
     }
-    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup, resnet)\n", model.c_str());
+    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup, multitask, resnet)\n", model.c_str());
     std::exit(2);
   }
 
@@ -551,9 +564,12 @@ struct Bench {
         const auto& s = red->stats();
         const double steps = std::max<int64_t>(1, s.iterations - before[t.mode].iterations);
         r.bytes_per_step = s.bytes_per_iteration;
-        r.bytes_sent_per_step = t.comm_hook.empty()
-                                    ? static_cast<int64_t>(static_cast<double>(s.bytes_per_iteration) * t.wire_fraction)
-                                    : s.hook_bytes_per_iteration;
+        // Less the buckets no rank used (skip_all_reduce_unused_params), per timed step.
+        const double skipped_bytes = (s.bytes_skipped - before[t.mode].bytes_skipped) / steps;
+        r.bytes_sent_per_step =
+            t.comm_hook.empty()
+                ? static_cast<int64_t>((static_cast<double>(s.bytes_per_iteration) - skipped_bytes) * t.wire_fraction)
+                : s.hook_bytes_per_iteration;
         r.buckets = s.buckets;
         r.bucket_bytes = red->bucket_bytes();
         r.hook_ms = (s.hook_ns - before[t.mode].hook_ns) / 1e6 / steps;
@@ -562,6 +578,8 @@ struct Bench {
         r.walk_ms = (s.graph_walk_ns - before[t.mode].graph_walk_ns) / 1e6 / steps;
         r.step_check_ms = (s.step_check_ns - before[t.mode].step_check_ns) / 1e6 / steps;
         r.walk_nodes = s.graph_walk_nodes;
+        r.collectives_per_step = (s.collectives - before[t.mode].collectives) / steps;
+        r.skipped_per_step = (s.buckets_skipped - before[t.mode].buckets_skipped) / steps;
         // Overlap from a few extra steps with the timeline on (off while timing).
         auto* mutable_reducer = const_cast<ddp::Reducer*>(red);
         mutable_reducer->set_timeline_enabled(true);
@@ -751,7 +769,7 @@ int main(int argc, char** argv) {
       if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%90s\r", "");
       std::printf("\nmodel %s (batch per rank as in bench_models.h)\n", model.c_str());
       // With --comm-hook: wider mode labels ("ddp+powersgd"), and the bytes each mode sends.
-      const bool hooks = !cfg.comm_hooks.empty();
+      const bool hooks = !cfg.comm_hooks.empty() || !cfg.reductions.empty();
       int mode_width = 6;
       for (const auto& r : results) mode_width = std::max(mode_width, static_cast<int>(r.mode.size()));
       std::printf("%-*s %10s %9s %11s %10s %10s %8s %9s %11s %8s %9s%s\n", mode_width, "mode", "median ms", "p90 ms",
@@ -773,6 +791,11 @@ int main(int argc, char** argv) {
                     cell(r.finalize_ms, "{:.2f}").c_str(), cell(r.walk_ms, "{:.3f}").c_str(),
                     reducer && r.hidden_fraction >= 0 ? fmt::format("{:.0f}", r.hidden_fraction * 100).c_str() : "-",
                     sent.c_str());
+      }
+      for (const auto& r : results) {
+        if (!is_ddp_mode(r.mode) || (r.skipped_per_step == 0 && cfg.reductions.empty())) continue;
+        std::printf("collectives (%s): %.2f per step issued by the reducer, %.2f bucket all-reduces skipped per step\n",
+                    r.mode.c_str(), r.collectives_per_step, r.skipped_per_step);
       }
       for (const auto& r : results) {
         if (r.comm_hook.empty()) continue;

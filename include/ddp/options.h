@@ -66,6 +66,16 @@ struct Options {
   // graph walk). They keep the header and the used-flags exchange, which make a changed
   // graph or a skipped step on one rank an error on every rank (docs/semantics.md).
   TORCH_ARG(bool, static_graph) = false;
+  // PyTorch's name (pytorch/pytorch#151503), libddp's semantics and default: with
+  // find_unused_parameters or static_graph, a bucket none of whose parameters gets a
+  // gradient on ANY rank is not all-reduced (the parameters keep their .grad untouched,
+  // as they would anyway). Each rank's unused set travels in the section header it sends
+  // anyway, so nothing is assumed of the other ranks (PyTorch's flag requires every rank
+  // to have the same unused set and does not check it) and no collective is added. On
+  // by default: the gradients written are the same bits either way (docs/semantics.md,
+  // "Unused parameters"). false: every bucket is all-reduced every step. No effect with a
+  // communication hook (it is handed every bucket).
+  TORCH_ARG(bool, skip_all_reduce_unused_params) = true;
   // libddp extension: a gradient of at least this many MiB is all-reduced alone, in
   // place in its own .grad, skipping the copy into a bucket and back (smaller ones share
   // buckets up to the caps). -1 (default): 1 MiB for CPU parameters, where the copies

@@ -12,6 +12,9 @@ struct ReducerStats {
   int64_t hook_bytes_per_iteration = 0; // with a communication hook: bytes its collectives were
                                         // handed in the last iteration (what it sends)
   int64_t collectives = 0;         // collectives issued by the reducer, all iterations
+  int64_t buckets_skipped = 0;     // bucket all-reduces left out because no rank used any of
+                                   // their parameters (skip_all_reduce_unused_params), all iterations
+  int64_t bytes_skipped = 0;       // their bytes, all iterations
   int64_t hook_ns = 0;             // total time spent inside gradient hooks
   int64_t finalize_ns = 0;         // total time of the end-of-backward callbacks
   int64_t finalize_wait_ns = 0;    // of which waiting for collectives

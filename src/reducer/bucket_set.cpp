@@ -184,19 +184,17 @@ std::optional<std::string> BucketSet::fill_without_hook(size_t index, bool used_
   return error;
 }
 
-void BucketSet::launch_ready(const std::function<void(size_t)>& launch) {
+void BucketSet::launch_ready(const std::function<bool(size_t)>& launch) {
   while (next_ready()) {
-    launch(next_);
-    stats_.collectives += 1;
+    if (launch(next_)) stats_.collectives += 1;
     ++next_;
   }
 }
 
-void BucketSet::launch_rest(const std::function<void(size_t)>& launch) {
+void BucketSet::launch_rest(const std::function<bool(size_t)>& launch) {
   for (; next_ < buckets_.size(); ++next_) {
     buckets_[next_]->set_in_place(at::Tensor()); // never reduce garbage into a user's .grad
-    launch(next_);
-    stats_.collectives += 1;
+    if (launch(next_)) stats_.collectives += 1;
   }
 }
 

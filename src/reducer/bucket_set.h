@@ -80,11 +80,12 @@ class BucketSet {
   // The next bucket to launch is ready.
   bool next_ready() const { return next_ < buckets_.size() && buckets_[next_]->ready(); }
   size_t launched() const { return next_; }
-  // Launches every ready bucket in bucket order through `launch(b)`.
-  void launch_ready(const std::function<void(size_t)>& launch);
+  // Launches every ready bucket in bucket order through `launch(b)`, which returns
+  // whether it issued a collective (false: a bucket skipped, BucketSkip).
+  void launch_ready(const std::function<bool(size_t)>& launch);
   // Launches every bucket not launched yet, whatever its slots hold, reduced in its
   // flat buffer (never garbage into a user's .grad): completing an interrupted section.
-  void launch_rest(const std::function<void(size_t)>& launch);
+  void launch_rest(const std::function<bool(size_t)>& launch);
 
   // Writes the averages into .grad: every parameter when `all_used`, else those some
   // rank used (used_by > 0); a parameter no rank used keeps its .grad untouched.

@@ -56,6 +56,8 @@ std::vector<ConsistencyItem> construction_items(const Options& o, const Reducer:
       {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view() ? "true" : "false"},
       {Kind::kOption, "broadcast_buffers", o.broadcast_buffers() ? "true" : "false"},
       {Kind::kOption, "static_graph", o.static_graph() ? "true" : "false"},
+      // It sizes the section headers (a bitmap of unused parameters) and skips buckets.
+      {Kind::kOption, "skip_all_reduce_unused_params", o.skip_all_reduce_unused_params() ? "true" : "false"},
       // A rank that broadcasts its state while another checks checksums would pair a
       // broadcast with an allgather.
       {Kind::kOption, "init_sync", o.init_sync() ? "true" : "false"},

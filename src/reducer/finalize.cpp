@@ -201,6 +201,7 @@ std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_
   const bool on_stream = process_group->device().is_cuda();
   try {
     for (size_t b = 0; b < buckets_.size() && !hook_runner_.active(); ++b) {
+      if (!buckets_.bucket(b).work()) continue; // skipped: no rank used it (BucketSkip)
       Work& work = *buckets_.bucket(b).work();
       if (read_later && on_stream) {
         work.wait(); // a stream wait: the copies back below follow it on the GPU

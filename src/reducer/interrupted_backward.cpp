@@ -13,7 +13,7 @@ namespace ddp::detail {
 InterruptedBackward::InterruptedBackward(Parts parts, int rank, int world_size, std::chrono::milliseconds timeout)
     : parts_(parts), rank_(rank), world_size_(world_size), timeout_(timeout) {}
 
-void InterruptedBackward::complete_section(const std::function<void(size_t)>& launch, int64_t iteration,
+void InterruptedBackward::complete_section(const std::function<bool(size_t)>& launch, int64_t iteration,
                                            std::unique_lock<std::mutex>* lock) {
   parts_.buckets.launch_rest(launch);
   std::shared_ptr<Work>& flags_work = parts_.status.work();
@@ -43,7 +43,7 @@ void InterruptedBackward::complete_section(const std::function<void(size_t)>& la
   parts_.stats.collectives += 1;
 }
 
-void InterruptedBackward::settle(const std::function<void(size_t)>& launch, int64_t iteration,
+void InterruptedBackward::settle(const std::function<bool(size_t)>& launch, int64_t iteration,
                                  std::unique_lock<std::mutex>& lock, const std::function<void()>& end_iteration) {
   StepCheck& check = parts_.step_check;
   const int64_t step = check.step();

@@ -44,13 +44,13 @@ class InterruptedBackward {
   // Launches the section's remaining buckets through `launch(b)` and its "abandoned"
   // status exchange, without waiting (with a hook: after its futures, waited for with
   // `lock` released when given). The header is verified.
-  void complete_section(const std::function<void(size_t)>& launch, int64_t iteration,
+  void complete_section(const std::function<bool(size_t)>& launch, int64_t iteration,
                         std::unique_lock<std::mutex>* lock = nullptr);
   // Completes the section (verifying its header first), waits for it with `lock`
   // released, runs `end_iteration` (the reducer starts a new iteration), and throws:
   // ReductionError saying the step was not averaged and the reducer is ready, or, when
   // the ranks cannot be brought back in step, the sticky error.
-  [[noreturn]] void settle(const std::function<void(size_t)>& launch, int64_t iteration,
+  [[noreturn]] void settle(const std::function<bool(size_t)>& launch, int64_t iteration,
                            std::unique_lock<std::mutex>& lock, const std::function<void()>& end_iteration);
 
  private:

@@ -82,9 +82,11 @@ Reducer::Impl::Impl(detail::ConstructionCheck::Result checked, std::shared_ptr<P
       rank_(process_group->rank()),
       world_size_(process_group->size()),
       snapshot_(parameters),
-      step_check_(process_group, deferred_step_check(options, process_group->device()), options.timeout(), stats),
+      step_check_(process_group, deferred_step_check(options, process_group->device()), options.timeout(), stats,
+                  options.skip_all_reduce_unused_params() ? detail::BucketSkip::words_for(parameters.size()) : 0),
       status_row_(process_group, parameters.size()),
       buckets_(parameters, names, snapshot_.shapes(), options, rank_, world_size_, stats),
+      skip_(options.skip_all_reduce_unused_params(), parameters.size()),
       hook_runner_(process_group, rank_, process_group->device().is_cuda(), options.timeout()),
       recovery_({step_check_, buckets_, hook_runner_, status_row_, stats}, rank_, world_size_, options.timeout()),
       unused_(names, rank_, world_size_) {
@@ -93,6 +95,7 @@ Reducer::Impl::Impl(detail::ConstructionCheck::Result checked, std::shared_ptr<P
   marks_.marked_early.assign(n, 0);
   marks_.local_used.assign(n, 0);
   marks_.reachable.assign(n, 0);
+  marks_.unused.assign(n, 0);
   step_check_.set_flags_reader([this](const StepCheck::PendingRead& read) { check_flags(read); });
   buckets_.build(detail::reverse_order(n));
 }
@@ -125,7 +128,7 @@ Reducer::Impl::~Impl() {
   // collectives) so that the peers' collectives still pair up.
   if (world_size_ > 1 && !step_check_.broken() && phase_ == Phase::kBackward && step_check_.verified()) {
     try {
-      recovery_.complete_section([this](size_t b) { launch_bucket(b); }, iteration_);
+      recovery_.complete_section([this](size_t b) { return launch_bucket(b); }, iteration_);
       phase_ = Phase::kIdle;
     } catch (const std::exception& e) {
       detail::log(detail::LogLevel::kWarn, rank_, "could not complete the interrupted backward: {}", e.what());
@@ -169,6 +172,7 @@ void Reducer::Impl::reset_iteration() {
   std::fill(marks_.marked.begin(), marks_.marked.end(), 0);
   std::fill(marks_.marked_early.begin(), marks_.marked_early.end(), 0);
   buckets_.reset();
+  skip_.reset();
   hook_runner_.reset(buckets_.size());
   finalize_queued_ = false;
   pending_error_.clear();
@@ -183,7 +187,7 @@ void Reducer::Impl::forget_unfinished_forward() {
 }
 
 void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lock) {
-  recovery_.settle([this](size_t b) { launch_bucket(b); }, iteration_, lock, [this] {
+  recovery_.settle([this](size_t b) { return launch_bucket(b); }, iteration_, lock, [this] {
     reset_iteration();
     phase_ = Phase::kIdle;
     iteration_ += 1;
@@ -283,8 +287,13 @@ void Reducer::Impl::join(const std::function<std::vector<at::Tensor>()>& buffers
     }
     if (!tally.reduces) continue; // a no_sync() step on the active ranks
     phase_ = Phase::kArmed;
-    begin_backward(Clock::now(), /*queue_finalize=*/false);
-    join_.set_shadowing(true);
+    join_.set_shadowing(true); // before the header: a shadow uses no parameter (BucketSkip)
+    try {
+      begin_backward(Clock::now(), /*queue_finalize=*/false);
+    } catch (...) {
+      join_.set_shadowing(false);
+      throw;
+    }
     lock.unlock(); // finalize takes the lock itself
     try {
       finalize(); // every slot zero: this rank used no parameter
@@ -435,10 +444,21 @@ void Reducer::Impl::begin_backward(Clock::time_point start, bool queue) {
   for (size_t i = 0; i < parameters.size(); ++i) {
     if (marks_.marked_early[i] && !marks_.marked[i]) mark_without_hook(i);
   }
+  // What this rank knows it leaves without a gradient travels in the header: the
+  // parameters flagged above (a Join shadow: all), less those with a gradient accumulated
+  // under no_sync(), which still contribute it (fill_without_hook).
+  const int64_t* unused_bitmap = nullptr;
+  if (skip_.enabled()) {
+    const bool shadow = join_.shadowing();
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      marks_.unused[i] = (shadow || marks_.marked_early[i]) && !marks_.local_used[i];
+    }
+    unused_bitmap = skip_.set_local(marks_.unused);
+  }
   // Issued now, checked before the first bucket launches (launch_ready_buckets): the
   // exchange runs on the communication thread while the backward computes, and nothing of
   // this section is launched before every rank is known to be at the same step.
-  step_check_.exchange(StepCheck::Section::kReduction, /*wait=*/false);
+  step_check_.exchange(StepCheck::Section::kReduction, /*wait=*/false, unused_bitmap);
   if (queue) queue_finalize();
 }
 
@@ -548,18 +568,40 @@ void Reducer::Impl::launch_ready_buckets() {
   // after this section's header matched on every rank.
   if (buckets_.next_ready()) verify_reduction_header();
   if (!step_check_.verified()) return;
-  buckets_.launch_ready([this](size_t b) { launch_bucket(b); });
+  buckets_.launch_ready([this](size_t b) { return launch_bucket(b); });
 }
 
-void Reducer::Impl::launch_bucket(size_t b) {
+bool Reducer::Impl::skips_bucket(size_t b) {
+  // A hook is handed every bucket (its state, PowerSGD's error feedback, may count them).
+  if (hook_runner_.active()) return false;
+  const auto& members = buckets_.bucket(b).members();
+  // Used here, or contributing a no_sync() accumulation: no rank skips it, headers unread.
+  if (!skip_.locally_unused(members)) return false;
+  if (world_size_ == 1) return true;
+  // Every rank's bitmap: after verify() (strict), or read now (deferred; this rank left a
+  // parameter without a gradient, so it reads the used flags on the host this step anyway).
+  const int64_t* records = step_check_.section_records();
+  return detail::BucketSkip::unused_everywhere(records, world_size_, step_check_.record_length(),
+                                               StepCheck::kRecordLength, members);
+}
+
+bool Reducer::Impl::launch_bucket(size_t b) {
+  detail::Bucket& bucket = buckets_.bucket(b);
+  if (skips_bucket(b)) {
+    // Its slots hold zeros on every rank, and no rank's used flags will ask for its
+    // average: .grad stays untouched, as after an all-reduce of zeros.
+    stats.buckets_skipped += 1;
+    stats.bytes_skipped += static_cast<int64_t>(bucket.bytes());
+    return false;
+  }
   if (hook_runner_.active()) {
     if (auto failure = hook_runner_.run(buckets_, b, iteration_)) record_hook_failure(b, iteration_, *failure);
-    return;
+    return true;
   }
-  detail::Bucket& bucket = buckets_.bucket(b);
   bucket.work() = buckets_.precision().ordered()
                       ? process_group->allreduce_ordered(bucket.comm_tensor(), buckets_.ordered_reduce(b))
                       : process_group->allreduce(bucket.comm_tensor());
+  return true;
 }
 
 void Reducer::Impl::record_error(std::string message) {

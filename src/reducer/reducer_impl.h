@@ -7,6 +7,7 @@
 //   StepCheck           section headers, deferred reads, the sticky "broken" error
 //   StatusRow           the used flags and status each rank sends at the end of backward
 //   BucketSet           buckets, slots, launch order, write-back into .grad
+//   BucketSkip          the unused-parameter bitmap in the header; buckets no rank used
 //   HookRunner          a communication hook's runs, futures and failures
 //   JoinState           ddp::Join's flags, divisor and authoritative rank
 //   InterruptedBackward completing a section an exception cut short
@@ -28,6 +29,7 @@
 #include <ddp/reducer.h>
 
 #include "reducer/bucket_set.h"
+#include "reducer/bucket_skip.h"
 #include "reducer/construction_check.h"
 #include "reducer/gradient_hooks.h"
 #include "reducer/hook_runner.h"
@@ -125,6 +127,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
     std::vector<char> marked_early; // known unused before backward (find_unused / static graph)
     std::vector<char> local_used;   // got a gradient since the last synchronised backward
     std::vector<char> reachable;    // scratch for the graph walk
+    std::vector<char> unused;       // scratch: known unused at the start of backward (BucketSkip)
   };
   // static_graph: what the first synchronised iteration used, here and on every rank.
   struct StaticGraph {
@@ -165,7 +168,10 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void verify_reduction_header();
   void mark_without_hook(size_t index);
   void launch_ready_buckets();
-  void launch_bucket(size_t b);
+  // Issues bucket b's all-reduce (or its hook); false when no rank used any of its
+  // parameters and it is skipped (BucketSkip).
+  bool launch_bucket(size_t b);
+  bool skips_bucket(size_t b);
   void record_error(std::string message);
   void record_hook_failure(size_t b, int64_t iteration, const std::string& what);
   // Reads one deferred used-flags row set (StepCheck's FlagsReader).
@@ -179,6 +185,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   detail::StepCheck step_check_;
   detail::StatusRow status_row_;
   detail::BucketSet buckets_;
+  detail::BucketSkip skip_;
   detail::HookRunner hook_runner_;
   detail::JoinState join_;
   detail::InterruptedBackward recovery_;

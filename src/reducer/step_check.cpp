@@ -9,22 +9,25 @@
 
 #include <ddp/error.h>
 
+#include "common/check.h"
 #include "common/logging.h"
 #include "reducer/scoped_timer.h"
 
 namespace ddp::detail {
 
 StepCheck::StepCheck(std::shared_ptr<ProcessGroup> process_group, bool deferred, std::chrono::milliseconds timeout,
-                     ReducerStats& stats)
+                     ReducerStats& stats, size_t bitmap_words)
     : process_group_(std::move(process_group)),
       rank_(process_group_->rank()),
       world_size_(process_group_->size()),
       comm_device_(process_group_->device()),
       deferred_(deferred),
       timeout_(timeout),
+      record_length_(static_cast<size_t>(kRecordLength) + bitmap_words),
       stats_(stats) {
-  header_local_ = at::zeros({kRecordLength}, at::TensorOptions().dtype(at::kLong).device(comm_device_));
-  header_all_ = at::zeros({world_size_, kRecordLength}, header_local_.options());
+  const auto length = static_cast<int64_t>(record_length_);
+  header_local_ = at::zeros({length}, at::TensorOptions().dtype(at::kLong).device(comm_device_));
+  header_all_ = at::zeros({world_size_, length}, header_local_.options());
   for (int r = 0; r < world_size_; ++r) header_rows_.push_back(header_all_[r]);
 }
 
@@ -47,15 +50,15 @@ std::string StepCheck::describe_header(const int64_t* record) {
                      record[0]);
 }
 
-std::optional<std::string> StepCheck::compare_headers(const int64_t* a, int world, int rank) {
+std::optional<std::string> StepCheck::compare_headers(const int64_t* a, int world, int rank, size_t stride) {
   bool same = true;
-  for (int r = 1; r < world; ++r) same = same && std::equal(a, a + kRecordLength, a + kRecordLength * r);
+  for (int r = 1; r < world; ++r) same = same && std::equal(a, a + kRecordLength, a + stride * r);
   if (same) return std::nullopt;
   std::string states;
   std::string finished;
   for (int r = 0; r < world; ++r) {
-    states += fmt::format("{}rank {} is {}", r ? "; " : "", r, describe_header(a + kRecordLength * r));
-    if (static_cast<Section>(a[kRecordLength * r]) == Section::kFinished) {
+    states += fmt::format("{}rank {} is {}", r ? "; " : "", r, describe_header(a + stride * r));
+    if (static_cast<Section>(a[stride * r]) == Section::kFinished) {
       finished += fmt::format("{}{}", finished.empty() ? "" : ",", r);
     }
   }
@@ -99,31 +102,37 @@ void StepCheck::fail_out_of_step(std::string message, bool paired_wrongly) {
   throw ReductionError(broken_);
 }
 
-void StepCheck::check_records(const int64_t* records) {
-  if (auto message = compare_headers(records, world_size_, rank_)) fail_out_of_step(std::move(*message));
+void StepCheck::check_records(const int64_t* records, size_t stride) {
+  if (auto message = compare_headers(records, world_size_, rank_, stride)) fail_out_of_step(std::move(*message));
 }
 
-void StepCheck::exchange(Section section, bool wait) {
+void StepCheck::exchange(Section section, bool wait, const int64_t* bitmap) {
   if (world_size_ == 1) {
     verified_ = true;
     return;
   }
   const auto start = std::chrono::steady_clock::now();
-  const int64_t record[kRecordLength] = {static_cast<int64_t>(section), step_, state_syncs_};
+  std::vector<int64_t> record(record_length_, 0);
+  record[0] = static_cast<int64_t>(section);
+  record[1] = step_;
+  record[2] = state_syncs_;
+  if (bitmap) std::copy(bitmap, bitmap + (record_length_ - kRecordLength), record.begin() + kRecordLength);
+  const auto length = static_cast<int64_t>(record_length_);
   if (deferred_) {
     // Launches are not held back for it: drain() compares the records once they have
     // arrived, and a group out of step is stopped then.
-    gather_deferred(PendingRead::Kind::kHeader,
-                    to_comm_device(at::from_blob(const_cast<int64_t*>(record), {kRecordLength}, at::kLong)), -1);
+    gather_deferred(PendingRead::Kind::kHeader, to_comm_device(at::from_blob(record.data(), {length}, at::kLong)), -1);
+    section_read_ = pending_reads_.back();
+    section_read_checked_ = false;
     verified_ = true;
     stats_.collectives += 1;
     stats_.step_check_ns += nanoseconds_since(start);
     return;
   }
   if (header_local_.is_cpu()) {
-    std::copy(record, record + kRecordLength, header_local_.data_ptr<int64_t>());
+    std::copy(record.begin(), record.end(), header_local_.data_ptr<int64_t>());
   } else {
-    header_local_.copy_(at::from_blob(const_cast<int64_t*>(record), {kRecordLength}, at::kLong));
+    header_local_.copy_(at::from_blob(record.data(), {length}, at::kLong));
   }
   verified_ = false;
   header_work_ = process_group_->allgather(header_rows_, header_local_);
@@ -138,19 +147,46 @@ void StepCheck::verify() {
   const ScopedTimer timer(stats_.step_check_ns);
   header_work_->wait(timeout_);
   header_work_.reset();
-  at::Tensor all = header_all_.is_cpu() ? header_all_ : header_all_.cpu();
-  check_records(all.data_ptr<int64_t>());
+  header_host_ = header_all_.is_cpu() ? header_all_ : header_all_.cpu();
+  check_records(header_host_.data_ptr<int64_t>(), record_length_);
   verified_ = true;
+}
+
+const int64_t* StepCheck::section_records() {
+  if (world_size_ == 1) return nullptr;
+  if (!deferred_) {
+    if (!verified_) verify();
+    return header_host_.data_ptr<int64_t>();
+  }
+  // Deferred: this section's header, read ahead of the drain (which reads it again).
+  DDP_CHECK(section_read_.has_value(), "section_records() before the section's header was issued (step {})", step_);
+  PendingRead& read = *section_read_;
+  if (!section_read_checked_) {
+    const ScopedTimer timer(stats_.step_check_ns);
+    if (read.copied) {
+      read.copied->synchronize(); // bounded: the group's watchdog aborts a collective that hangs
+    }
+    read.work->wait(timeout_);
+    check_records(read.host.data_ptr<int64_t>(), record_length_);
+    section_read_checked_ = true;
+  }
+  return read.host.data_ptr<int64_t>();
 }
 
 void StepCheck::reset_section() {
   verified_ = false;
   header_work_.reset();
+  header_host_ = at::Tensor();
+  section_read_.reset();
+  section_read_checked_ = false;
 }
 
 at::Tensor StepCheck::make_record(Section section, int64_t third) const {
-  const int64_t record[kRecordLength] = {static_cast<int64_t>(section), step_, third};
-  return to_comm_device(at::from_blob(const_cast<int64_t*>(record), {kRecordLength}, at::kLong));
+  std::vector<int64_t> record(record_length_, 0);
+  record[0] = static_cast<int64_t>(section);
+  record[1] = step_;
+  record[2] = third;
+  return to_comm_device(at::from_blob(record.data(), {static_cast<int64_t>(record_length_)}, at::kLong));
 }
 
 std::vector<int64_t> StepCheck::gather_record(Section section, int64_t third) {
@@ -163,7 +199,12 @@ std::vector<int64_t> StepCheck::gather_now(const at::Tensor& local) {
   stats_.collectives += 1;
   at::Tensor host = all.cpu();
   const int64_t* a = host.data_ptr<int64_t>();
-  return std::vector<int64_t>(a, a + kRecordLength * world_size_);
+  std::vector<int64_t> fields; // the compared fields of each rank's record, without the bitmap
+  for (int r = 0; r < world_size_; ++r) {
+    const int64_t* row = a + record_length_ * static_cast<size_t>(r);
+    fields.insert(fields.end(), row, row + kRecordLength);
+  }
+  return fields;
 }
 
 std::vector<std::pair<bool, bool>> StepCheck::exchange_join(bool active, bool reduces) {
@@ -194,10 +235,14 @@ std::vector<std::pair<bool, bool>> StepCheck::exchange_join(bool active, bool re
 }
 
 void StepCheck::say_goodbye() {
-  const int64_t record[kRecordLength] = {static_cast<int64_t>(Section::kFinished), step_, state_syncs_};
-  at::Tensor local = at::from_blob(const_cast<int64_t*>(record), {kRecordLength}, at::kLong).clone().to(comm_device_);
+  std::vector<int64_t> record(record_length_, 0);
+  record[0] = static_cast<int64_t>(Section::kFinished);
+  record[1] = step_;
+  record[2] = state_syncs_;
+  const auto length = static_cast<int64_t>(record_length_);
+  at::Tensor local = at::from_blob(record.data(), {length}, at::kLong).clone().to(comm_device_);
   std::vector<at::Tensor> rows;
-  for (int r = 0; r < world_size_; ++r) rows.push_back(at::empty({kRecordLength}, local.options()));
+  for (int r = 0; r < world_size_; ++r) rows.push_back(at::empty({length}, local.options()));
   process_group_->allgather(rows, local);
 }
 
@@ -260,7 +305,7 @@ void StepCheck::drain(bool block) {
     pending_reads_.pop_front();
     read.work->wait(timeout_); // complete: rethrows its failure, if it failed
     if (read.kind == PendingRead::Kind::kHeader) {
-      check_records(read.host.data_ptr<int64_t>());
+      check_records(read.host.data_ptr<int64_t>(), record_length_);
     } else if (flags_reader_) {
       flags_reader_(read);
     }

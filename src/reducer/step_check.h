@@ -6,6 +6,12 @@
 // headers and the used-flag rows are gathered now and read on the host once they have
 // arrived (PendingRead), so the backward never waits for them.
 //
+// A reduction header may carry more: a bitmap of the parameters this rank already knows it
+// leaves without a gradient (bitmap_words int64 words after the three fields; every
+// section's record has that length, so that a rank in another section still pairs up).
+// section_records() hands the gathered records to the reducer, which skips the buckets no
+// rank used (docs/semantics.md, "Unused parameters").
+//
 // Owned by Reducer::Impl and touched only under its mutex. Comparing rows and describing
 // them are pure functions of the gathered data (compare_headers, describe_header), so the
 // protocol is unit-tested with crafted rows (tests/unit/protocol_test.cpp).
@@ -40,6 +46,8 @@ class StepCheck {
     kJoin = 4,        // ddp::Join: agreeing on which ranks still have data (third field: flags)
     kCommHook = 5,    // registering a communication hook
   };
+  // The fields compared across ranks: {section, step, module-state syncs}. A record on
+  // the wire is record_length() long: these, then the unused-parameter bitmap.
   static constexpr int64_t kRecordLength = 3;
 
   // A result whose host read is deferred: the collective, and the host copy of what it
@@ -57,15 +65,19 @@ class StepCheck {
   // Reads one arrived used-flags row set (the status row's part of the protocol).
   using FlagsReader = std::function<void(const PendingRead&)>;
 
+  // `bitmap_words`: the int64 words of unused-parameter bitmap a reduction header carries
+  // (0: none); the same on every rank (it follows from options checked at construction).
   StepCheck(std::shared_ptr<ProcessGroup> process_group, bool deferred, std::chrono::milliseconds timeout,
-            ReducerStats& stats);
+            ReducerStats& stats, size_t bitmap_words = 0);
 
   // --- pure: the protocol on crafted rows ---
   // What a rank with this header record is doing, in words.
   static std::string describe_header(const int64_t* record);
-  // `records`: world x kRecordLength. nullopt when every rank's record is the same, else
-  // the message every rank throws (seen from `rank`).
-  static std::optional<std::string> compare_headers(const int64_t* records, int world, int rank);
+  // `records`: world rows of `stride` int64 (at least kRecordLength). nullopt when every
+  // rank's first kRecordLength fields are the same, else the message every rank throws
+  // (seen from `rank`). What follows them (the bitmap) may differ.
+  static std::optional<std::string> compare_headers(const int64_t* records, int world, int rank,
+                                                    size_t stride = kRecordLength);
 
   // --- the sticky error ---
   bool broken() const { return !broken_.empty(); }
@@ -86,7 +98,8 @@ class StepCheck {
   // --- the section header ---
   // Exchanges this rank's header for `section`. Strict: `wait` compares the records now
   // (else verify() does later). Deferred: queued for a later host read, never waits.
-  void exchange(Section section, bool wait = true);
+  // `bitmap`: bitmap_words words carried after the fields (null: zeros).
+  void exchange(Section section, bool wait = true, const int64_t* bitmap = nullptr);
   // Waits for the header issued without waiting and compares the records.
   void verify();
   // The header is verified when every rank's matched (or world 1, or deferred).
@@ -94,12 +107,19 @@ class StepCheck {
   bool issued() const { return header_work_ != nullptr; }
   // Forgets the section's header (a new iteration).
   void reset_section();
-  // Compares gathered header records (world x kRecordLength, on the host); on a
+  // Compares gathered header records (world rows of `stride`, on the host); on a
   // difference marks the reducer broken and throws ReductionError (compare_headers).
-  void check_records(const int64_t* records);
+  void check_records(const int64_t* records, size_t stride = kRecordLength);
+  size_t record_length() const { return record_length_; }
+  // This section's gathered header records (world x record_length(), on the host),
+  // compared: strict, after verify(); deferred, read now, waiting for them if they have
+  // not arrived (the read the drain does later finds the same). Throws the sticky error
+  // when the ranks are out of step. World 1: null (no header is exchanged).
+  const int64_t* section_records();
 
   // A header-shaped record with a third field of its own, gathered and waited for on the
-  // host (ddp::Join's flags, a hook's registration); returns world x kRecordLength.
+  // host (ddp::Join's flags, a hook's registration); returns world x kRecordLength (the
+  // fields only).
   std::vector<int64_t> gather_record(Section section, int64_t third);
   // The two halves of gather_record: the record on the group's device, and its gather.
   at::Tensor make_record(Section section, int64_t third) const;
@@ -135,6 +155,7 @@ class StepCheck {
   const c10::Device comm_device_;
   const bool deferred_;
   const std::chrono::milliseconds timeout_;
+  const size_t record_length_; // kRecordLength + the bitmap's words
   ReducerStats& stats_;
 
   int64_t step_ = 0;        // training forwards (prepare_for_forward calls)
@@ -145,6 +166,9 @@ class StepCheck {
   at::Tensor header_local_; // int64 [3] on the group's device
   at::Tensor header_all_;   // int64 [world, 3]
   std::vector<at::Tensor> header_rows_;
+  at::Tensor header_host_;                // strict: the verified records on the host
+  std::optional<PendingRead> section_read_; // deferred: this section's header
+  bool section_read_checked_ = false;
   std::deque<PendingRead> pending_reads_;
   FlagsReader flags_reader_;
 };

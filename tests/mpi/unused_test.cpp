@@ -270,17 +270,71 @@ TEST_CASE("static_graph learns the used set once and rejects a changed graph by 
     outs[0].sum().backward();
   }
   const int64_t collectives_after_first = model->reducer().stats().collectives;
+  const int64_t skipped_after_first = model->reducer().stats().buckets_skipped;
   {
     auto [outs, skip] = model(torch::randn({2, 6}), false);
     outs[0].sum().backward();
   }
   // Later iterations skip the graph walk, not the collectives: the section header, the
-  // buckets, and the used-flags/status exchange that keeps an error on one rank an error
-  // on every rank.
-  CHECK(model->reducer().stats().collectives - collectives_after_first == model->reducer().stats().buckets + 2);
+  // buckets (but those no rank used: skip_all_reduce_unused_params), and the
+  // used-flags/status exchange that keeps an error on one rank an error on every rank.
+  const int64_t skipped = model->reducer().stats().buckets_skipped - skipped_after_first;
+  CHECK(model->reducer().stats().collectives - collectives_after_first + skipped ==
+        model->reducer().stats().buckets + 2);
   auto [outs, skip] = model(torch::randn({2, 6}), false);
   CHECK_THROWS_WITH((outs[0].sum() + outs[1].sum()).backward(),
                     Contains("static_graph=true") && Contains("'head1.") && Contains("graph changed"));
+}
+
+TEST_CASE("buckets no rank used are skipped, without a collective more, and the result is the oracle's",
+          "[unused][skip]") {
+  // Heads 2 and 3 (and the branch, and `debug`) are off on every rank in odd iterations;
+  // head 1 is used by rank 0 only; head 0 by all.
+  const ScheduleFn multitask = [](int it, int q) {
+    Schedule s{{0}, it % 2 == 0};
+    if (q == 0) s.heads.push_back(1);
+    if (it % 2 == 0) s.heads.insert(s.heads.end(), {2, 3});
+    return s;
+  };
+  for (bool skip : {true, false}) {
+    for (bool static_graph : {false, true}) {
+      CAPTURE(skip, static_graph);
+      RunConfig cfg;
+      cfg.options = options(!static_graph, 1e-3).skip_all_reduce_unused_params(skip).static_graph(static_graph);
+      // static_graph needs the same used set every iteration: odd iterations only.
+      cfg.schedule = static_graph ? ScheduleFn([&](int it, int q) { return multitask(2 * it + 1, q); }) : multitask;
+      run_against_oracle(cfg);
+    }
+  }
+  // The same steps with and without the skip: the same bits, and exactly the skipped
+  // buckets' all-reduces fewer.
+  auto pg = ddp::test::world_ptr();
+  std::vector<std::vector<torch::Tensor>> grads(2);
+  std::vector<int64_t> collectives(2), skipped(2);
+  for (int variant = 0; variant < 2; ++variant) {
+    torch::manual_seed(3);
+    DeepSup net;
+    ddp::DistributedDataParallel model(net, pg, options(true, 1e-6).skip_all_reduce_unused_params(variant == 0));
+    const int64_t start = model->reducer().stats().collectives;
+    for (int it = 0; it < 4; ++it) {
+      torch::manual_seed(100 + it + 10 * pg->rank());
+      Schedule s = multitask(it, pg->rank());
+      auto [outs, out_skip] = model(torch::randn({kShard, 6}), s.with_branch);
+      loss_of(outs, out_skip, s, torch::randint(3, {kShard})).backward();
+    }
+    collectives[variant] = model->reducer().stats().collectives - start;
+    skipped[variant] = model->reducer().stats().buckets_skipped;
+    for (const auto& [name, g] : ddp::test::gradients_of(*net)) grads[variant].push_back(g);
+  }
+  CHECK(skipped[0] > 0);
+  CHECK(skipped[1] == 0);
+  CHECK(collectives[0] + skipped[0] == collectives[1]);
+  REQUIRE(grads[0].size() == grads[1].size());
+  for (size_t i = 0; i < grads[0].size(); ++i) {
+    CAPTURE(i);
+    REQUIRE(grads[0][i].defined() == grads[1][i].defined());
+    if (grads[0][i].defined()) CHECK(torch::equal(grads[0][i], grads[1][i]));
+  }
 }
 
 TEST_CASE("no_sync micro-steps with different unused sets: a parameter used in any step counts", "[unused][nosync]") {

@@ -1,5 +1,5 @@
 // The reducer's cross-rank protocol without MPI: the parts that read their peers' rows
-// (StepCheck's section headers, StatusRow's used flags and statuses, JoinState's flags,
+// (StepCheck's section headers and the unused bitmap they carry for BucketSkip, StatusRow's used flags and statuses, JoinState's flags,
 // UnusedReport) driven at world 2-8 with crafted rows, and StepCheck/StatusRow over a
 // process group that hands back crafted peer rows. Expected values are written out by
 // hand from the row format (docs/architecture.md), never computed by the code under test.
@@ -14,12 +14,14 @@
 #include <ddp/error.h>
 #include <ddp/process_group.h>
 
+#include "reducer/bucket_skip.h"
 #include "reducer/join_state.h"
 #include "reducer/status_row.h"
 #include "reducer/step_check.h"
 #include "reducer/unused_report.h"
 
 using Catch::Contains;
+using ddp::detail::BucketSkip;
 using ddp::detail::JoinState;
 using ddp::detail::StatusRow;
 using ddp::detail::StepCheck;
@@ -363,4 +365,83 @@ TEST_CASE("StatusRow over crafted peers: this rank's flags travel with its statu
   StatusRow::decode(rows, n, world, used_by, status.statuses());
   CHECK(used_by == std::vector<int64_t>{3, 0, 2});
   CHECK(status.statuses() == std::vector<uint8_t>{0, 0, StatusRow::kAbandoned, 0});
+}
+
+TEST_CASE("BucketSkip: the bitmap, and a bucket skipped only when every rank has every member unused",
+          "[protocol][skip]") {
+  CHECK(BucketSkip::words_for(0) == 0);
+  CHECK(BucketSkip::words_for(1) == 1);
+  CHECK(BucketSkip::words_for(64) == 1);
+  CHECK(BucketSkip::words_for(65) == 2);
+  // Parameters 0, 63, 64 and 69 of 70: bits 0 and 63 of word 0, bits 0 and 5 of word 1.
+  std::vector<char> unused(70, 0);
+  unused[0] = unused[63] = unused[64] = unused[69] = 1;
+  std::vector<int64_t> words(2, -1);
+  BucketSkip::encode(unused, words);
+  CHECK(static_cast<uint64_t>(words[0]) == 0x8000000000000001ULL);
+  CHECK(words[1] == 0x21);
+  for (size_t i = 0; i < unused.size(); ++i) CHECK(BucketSkip::bit(words.data(), i) == (unused[i] != 0));
+
+  // Three ranks' records: 3 fields, then one word. Parameters 0-3: rank 0 leaves {1, 2, 3}
+  // unused, rank 1 {2, 3}, rank 2 {0, 2, 3}.
+  const size_t stride = 4;
+  const std::vector<int64_t> records = {kReduction, 5, 0, 0b1110, kReduction, 5, 0, 0b1100,
+                                        kReduction, 5, 0, 0b1101};
+  CHECK(BucketSkip::unused_everywhere(records.data(), 3, stride, 3, {2}));
+  CHECK(BucketSkip::unused_everywhere(records.data(), 3, stride, 3, {2, 3}));
+  CHECK_FALSE(BucketSkip::unused_everywhere(records.data(), 3, stride, 3, {1})); // used on rank 1
+  CHECK_FALSE(BucketSkip::unused_everywhere(records.data(), 3, stride, 3, {0})); // used on ranks 0 and 1
+  CHECK_FALSE(BucketSkip::unused_everywhere(records.data(), 3, stride, 3, {1, 2, 3}));
+  CHECK_FALSE(BucketSkip::unused_everywhere(records.data(), 2, stride, 3, {1})); // rank 1 still uses it
+
+  // This rank's view: a bucket it does not leave entirely unused needs no header read.
+  BucketSkip skip(/*enabled=*/true, 4);
+  CHECK(skip.words() == 1);
+  CHECK_FALSE(skip.locally_unused({2}));
+  const int64_t* local = skip.set_local({0, 1, 1, 0});
+  CHECK(local[0] == 0b0110);
+  CHECK(skip.locally_unused({1, 2}));
+  CHECK_FALSE(skip.locally_unused({2, 3}));
+  skip.reset();
+  CHECK_FALSE(skip.locally_unused({1}));
+  BucketSkip off(/*enabled=*/false, 4);
+  CHECK(off.words() == 0);
+  off.set_local({1, 1, 1, 1});
+  CHECK_FALSE(off.locally_unused({0}));
+}
+
+TEST_CASE("StepCheck with a bitmap: headers compare their fields only, and hand every rank's bitmap back",
+          "[protocol][skip]") {
+  const int world = 3;
+  // Rank 1 of 3 with one bitmap word: records of 4 int64.
+  for (bool deferred : {false, true}) {
+    CAPTURE(deferred);
+    auto pg = std::make_shared<CraftedPeers>(1, world);
+    ddp::ReducerStats stats;
+    StepCheck check(pg, deferred, std::chrono::seconds(5), stats, /*bitmap_words=*/1);
+    CHECK(check.record_length() == 4);
+    check.count_step();
+    // Different bitmaps, same fields: in step.
+    pg->peer_rows.push_back(long_rows({kReduction, 1, 0, 0b101, 0, 0, 0, 0, kReduction, 1, 0, 0b100}, world));
+    const int64_t mine = 0b110;
+    check.exchange(Section::kReduction, /*wait=*/false, &mine);
+    const int64_t* records = check.section_records();
+    REQUIRE(records != nullptr);
+    CHECK(std::vector<int64_t>(records, records + 12) ==
+          std::vector<int64_t>{kReduction, 1, 0, 0b101, kReduction, 1, 0, 0b110, kReduction, 1, 0, 0b100});
+    CHECK(check.verified());
+    if (deferred) check.drain(/*block=*/true); // reads the same header again: still in step
+    CHECK_FALSE(check.broken());
+    // A record shaped like a header without a bitmap (a Join exchange) gives the fields only.
+    check.reset_section();
+    pg->peer_rows.push_back(long_rows({kJoin, 1, 3, 0, kJoin, 1, 3, 0, kJoin, 1, 1, 0}, world));
+    CHECK(check.gather_record(Section::kJoin, 3) ==
+          std::vector<int64_t>{kJoin, 1, 3, kJoin, 1, 3, kJoin, 1, 1});
+    // Next step: rank 2 is a step behind: section_records throws, in either mode.
+    check.count_step();
+    pg->peer_rows.push_back(long_rows({kReduction, 2, 0, 0, 0, 0, 0, 0, kReduction, 1, 0, 0}, world));
+    check.exchange(Section::kReduction, /*wait=*/false, &mine);
+    CHECK_THROWS_WITH(check.section_records(), Contains("out of step") && Contains("training step 1"));
+    CHECK(check.broken());
+  }
 }
