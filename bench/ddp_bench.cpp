@@ -6,6 +6,7 @@
 //   build/bench/ddp_bench --device cuda --backend c10d-nccl   # PyTorch's ProcessGroupNCCL
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --json out.json
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --sweep 0.25,1,4,16,64 --sweep-out sweep
+//   mpirun -np 2 build/bench/ddp_bench --model resnet --mode ddp --bucket-cap-mb auto   # autotune
 //   mpirun -np 2 build/bench/ddp_bench --model mlp --mode ddp --comm-hook allreduce,fp16,bf16,powersgd
 //   scripts/cluster.sh mpirun -np 2 build/bench/ddp_bench --model mlp,resnet --link-dev eth0
 //                                                          # across simulated hosts (docs/cluster.md)
@@ -43,6 +44,9 @@ struct Config {
   int warmup = 5;
   int window = 5; // steps per timed window
   double bucket_cap_mb = 25.0;
+  bool autotune = false;                  // --bucket-cap-mb auto: Options::bucket_cap_autotune
+  std::vector<double> autotune_candidates; // empty: BucketCapAutotune's default
+  int64_t autotune_warmup = -1, autotune_timed = -1; // -1: BucketCapAutotune's default
   double first_bucket_cap_mb = 1.0;
   double in_place_min_mb = -1.0;
   bool find_unused = false;
@@ -77,7 +81,11 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
       "  --iterations N          timed steps per mode (default 30)\n"
       "  --warmup N              untimed steps per mode first (default 5)\n"
       "  --window N              steps per timed window; medians are over windows (default 5)\n"
-      "  --bucket-cap-mb X       Options::bucket_cap_mb (default 25)\n"
+      "  --bucket-cap-mb X       Options::bucket_cap_mb (default 25); auto: Options::bucket_cap_autotune, the\n"
+      "                          warm-up going on until the cap is chosen (printed, and in the JSON)\n"
+      "  --autotune-candidates C BucketCapAutotune::candidates_mb, comma-separated MiB (default 1,2,4,8,16,25)\n"
+      "  --autotune-warmup N     BucketCapAutotune::warmup_iterations (default 2)\n"
+      "  --autotune-iterations N BucketCapAutotune::iterations_per_candidate (default 6)\n"
       "  --first-bucket-cap-mb X Options::first_bucket_cap_mb (default 1)\n"
       "  --in-place-min-mb X     Options::in_place_min_mb (default -1: auto, 1 MiB on CPU; 0: off)\n"
       "  --find-unused           Options::find_unused_parameters = true\n"
@@ -138,7 +146,14 @@ Config parse(int argc, char** argv) {
     else if (a == "--iterations") c.iterations = std::stoi(value());
     else if (a == "--warmup") c.warmup = std::stoi(value());
     else if (a == "--window") c.window = std::stoi(value());
-    else if (a == "--bucket-cap-mb") c.bucket_cap_mb = std::stod(value());
+    else if (a == "--bucket-cap-mb") {
+      const std::string v = value();
+      if (v == "auto") c.autotune = true;
+      else c.bucket_cap_mb = std::stod(v);
+    } else if (a == "--autotune-candidates") {
+      for (const auto& s : split(value())) c.autotune_candidates.push_back(std::stod(s));
+    } else if (a == "--autotune-warmup") c.autotune_warmup = std::stoll(value());
+    else if (a == "--autotune-iterations") c.autotune_timed = std::stoll(value());
     else if (a == "--first-bucket-cap-mb") c.first_bucket_cap_mb = std::stod(value());
     else if (a == "--in-place-min-mb") c.in_place_min_mb = std::stod(value());
     else if (a == "--find-unused") c.find_unused = true;
@@ -189,6 +204,10 @@ Config parse(int argc, char** argv) {
   }
   if (c.powersgd_rank < 1 || c.powersgd_start < 0) {
     std::fprintf(stderr, "ddp_bench: --powersgd-rank must be >= 1, --powersgd-start >= 0\n");
+    usage(2);
+  }
+  if (c.autotune && (!c.sweep_caps.empty() || !c.comm_hooks.empty())) {
+    std::fprintf(stderr, "ddp_bench: --bucket-cap-mb auto goes with neither --sweep nor --comm-hook\n");
     usage(2);
   }
   if (!c.comm_hooks.empty() && !c.sweep_caps.empty()) {
@@ -291,6 +310,8 @@ struct Result {
   int64_t walk_nodes = 0;
   double collectives_per_step = 0, skipped_per_step = 0; // issued by the reducer; buckets left out
   double comm_ms = -1;       // the collectives' time per step, from the timeline
+  double autotuned_cap_mb = 0; // --bucket-cap-mb auto: the cap chosen (ReducerStats)
+  int64_t autotune_steps = 0;  // and the synchronised steps it took
   double link_tx_bytes_per_s = 0, link_rx_bytes_per_s = 0; // --link-dev, mean over ranks
 };
 
@@ -503,6 +524,13 @@ struct Bench {
     o.in_place_min_mb(cfg.in_place_min_mb);
     o.find_unused_parameters(cfg.find_unused);
     o.gradient_as_bucket_view(cfg.grad_as_bucket_view);
+    if (cfg.autotune) {
+      ddp::BucketCapAutotune tune;
+      if (!cfg.autotune_candidates.empty()) tune.candidates_mb(cfg.autotune_candidates);
+      if (cfg.autotune_warmup >= 0) tune.warmup_iterations(cfg.autotune_warmup);
+      if (cfg.autotune_timed >= 0) tune.iterations_per_candidate(cfg.autotune_timed);
+      o.bucket_cap_autotune(tune);
+    }
     return o;
   }
 
@@ -518,6 +546,14 @@ struct Bench {
     for (auto& t : trainers) {
       for (int i = 0; i < cfg.warmup; ++i) {
         progress(model + ": warm-up " + t.mode);
+        t.step(step++);
+      }
+      // --bucket-cap-mb auto: the warm-up goes on until the cap is chosen, so that every
+      // timed step runs with it (the same number of steps on every rank: the choice is
+      // made in the same step everywhere).
+      const ddp::Reducer* r = t.reducer();
+      while (cfg.autotune && r != nullptr && r->stats().autotuned_bucket_cap_mb == 0) {
+        progress(model + ": autotune " + t.mode);
         t.step(step++);
       }
     }
@@ -578,6 +614,8 @@ struct Bench {
         r.walk_ms = (s.graph_walk_ns - before[t.mode].graph_walk_ns) / 1e6 / steps;
         r.step_check_ms = (s.step_check_ns - before[t.mode].step_check_ns) / 1e6 / steps;
         r.walk_nodes = s.graph_walk_nodes;
+        r.autotuned_cap_mb = s.autotuned_bucket_cap_mb;
+        r.autotune_steps = s.autotune_iterations;
         r.collectives_per_step = (s.collectives - before[t.mode].collectives) / steps;
         r.skipped_per_step = (s.buckets_skipped - before[t.mode].buckets_skipped) / steps;
         // Overlap from a few extra steps with the timeline on (off while timing).
@@ -670,9 +708,10 @@ int main(int argc, char** argv) {
                 pg->size(), pg->backend().c_str(), cfg.device.c_str(), cfg.threads,
                 cfg.threads == 1 ? " (one per rank: set OMP_NUM_THREADS=1 too)" : "");
     std::printf("MPI settings: %s\n", mpi_settings().c_str());
-    std::printf("options: bucket_cap_mb=%g first_bucket_cap_mb=%g in_place_min_mb=%g find_unused_parameters=%d "
+    std::printf("options: bucket_cap_mb=%s first_bucket_cap_mb=%g in_place_min_mb=%g find_unused_parameters=%d "
                 "gradient_as_bucket_view=%d; %d timed steps per mode in windows of %d, %d warm-up\n",
-                cfg.bucket_cap_mb, cfg.first_bucket_cap_mb, cfg.in_place_min_mb, cfg.find_unused,
+                cfg.autotune ? "auto (Options::bucket_cap_autotune)" : fmt::format("{:g}", cfg.bucket_cap_mb).c_str(),
+                cfg.first_bucket_cap_mb, cfg.in_place_min_mb, cfg.find_unused,
                 cfg.grad_as_bucket_view, cfg.iterations, cfg.window, cfg.warmup);
     if (!cfg.comm_hooks.empty()) {
       std::string names;
@@ -831,6 +870,13 @@ int main(int argc, char** argv) {
         }
       }
       for (const auto& r : results) {
+        if (r.autotuned_cap_mb > 0) {
+          std::printf("bucket_cap_autotune (%s): chose bucket_cap_mb=%g after %lld synchronised steps (%lld buckets)\n",
+                      r.mode.c_str(), r.autotuned_cap_mb, static_cast<long long>(r.autotune_steps),
+                      static_cast<long long>(r.buckets));
+        }
+      }
+      for (const auto& r : results) {
         if (r.walk_nodes > 0) {
           std::printf("graph walk (%s): %lld autograd nodes in %.3f ms (%.2f us per node)\n", r.mode.c_str(),
                       static_cast<long long>(r.walk_nodes), r.walk_ms, 1000.0 * r.walk_ms / r.walk_nodes);
@@ -855,7 +901,8 @@ int main(int argc, char** argv) {
     std::ofstream out(cfg.json_path);
     out << "{\"world_size\":" << pg->size() << ",\"backend\":\"" << pg->backend() << "\",\"device\":\"" << cfg.device
         << "\",\"threads_per_rank\":" << cfg.threads << ",\"iterations\":" << cfg.iterations
-        << ",\"bucket_cap_mb\":" << cfg.bucket_cap_mb << ",\"powersgd_rank\":" << cfg.powersgd_rank
+        << ",\"bucket_cap_mb\":" << cfg.bucket_cap_mb << ",\"bucket_cap_autotune\":" << (cfg.autotune ? "true" : "false")
+        << ",\"powersgd_rank\":" << cfg.powersgd_rank
         << ",\"powersgd_start\":" << cfg.powersgd_start << ",\"results\":[";
     for (size_t i = 0; i < all.size(); ++i) {
       const auto& r = all[i];
@@ -865,11 +912,13 @@ int main(int argc, char** argv) {
                          "\"finalize_ms\":{:.4f},\"finalize_wait_ms\":{:.4f},\"graph_walk_ms\":{:.4f},"
                          "\"graph_walk_nodes\":{},\"hidden_fraction\":{:.4f},\"step_check_ms\":{:.4f},"
                          "\"comm_ms\":{:.4f},\"link_tx_bytes_per_s\":{:.1f},\"link_rx_bytes_per_s\":{:.1f},"
-                         "\"comm_hook\":\"{}\",\"bytes_sent_per_step\":{},\"bytes_sent_vs_allreduce\":{:.6f}}}",
+                         "\"comm_hook\":\"{}\",\"bytes_sent_per_step\":{},\"bytes_sent_vs_allreduce\":{:.6f},"
+                         "\"autotuned_bucket_cap_mb\":{:g},\"autotune_steps\":{}}}",
                          r.model, r.mode, r.median_ms, r.p90_ms, r.samples_per_s, r.bytes_per_step, r.buckets,
                          r.hook_ms, r.finalize_ms, r.finalize_wait_ms, r.walk_ms, r.walk_nodes, r.hidden_fraction,
                          r.step_check_ms, r.comm_ms, r.link_tx_bytes_per_s, r.link_rx_bytes_per_s, r.comm_hook,
-                         r.bytes_sent_per_step, r.bytes_per_step > 0 ? sent_ratio(r) : 0.0);
+                         r.bytes_sent_per_step, r.bytes_per_step > 0 ? sent_ratio(r) : 0.0, r.autotuned_cap_mb,
+                         r.autotune_steps);
     }
     out << "],\"models\":[";
     for (size_t i = 0; i < extra_json.size(); ++i) out << (i ? "," : "") << extra_json[i];

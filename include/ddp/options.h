@@ -10,6 +10,7 @@
 #include <torch/arg.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +18,18 @@
 #include <ddp/defaults.h>
 
 namespace ddp {
+
+// Options::bucket_cap_autotune: the candidate caps and how long each is timed (docs/configuration.md,
+// "Bucket-cap autotune"). Set it chained, as Options: BucketCapAutotune().candidates_mb({1, 4, 25}).
+struct BucketCapAutotune {
+  // The bucket_cap_mb values tried, in this order. Each must be > 0.
+  TORCH_ARG(std::vector<double>, candidates_mb) = {1, 2, 4, 8, 16, 25};
+  // Synchronised iterations run with each candidate before its timing starts (the first
+  // steps after a rebuild touch new buffers). >= 0.
+  TORCH_ARG(int64_t, warmup_iterations) = 2;
+  // Synchronised iterations timed per candidate; each rank keeps the median. >= 1.
+  TORCH_ARG(int64_t, iterations_per_candidate) = 6;
+};
 
 struct Options {
   // How the host reads what keeps the ranks in step; see step_check below.
@@ -27,6 +40,7 @@ struct Options {
     std::string pattern;
     c10::ScalarType dtype;
   };
+  using BucketCapAutotune = ddp::BucketCapAutotune;
 
   // Bucket cap in MiB: gradients are reduced in buckets of about this size.
   TORCH_ARG(double, bucket_cap_mb) = 25.0;
@@ -39,6 +53,17 @@ struct Options {
   // the last entry repeating, e.g. {1, 4, 25}. Non-empty, it replaces first_bucket_cap_mb
   // and bucket_cap_mb. Every entry must be > 0.
   TORCH_ARG(std::vector<double>, bucket_cap_mb_list) = {};
+  // libddp extension (Horovod's autotune; PyTorch has none): set, the reducer replaces
+  // bucket_cap_mb by each candidate in turn, one rebuild each (the same gradient-ready order
+  // as the rebuild after the first iteration), from the second synchronised iteration on,
+  // and times every synchronised backward (first hook to the end of finalize). After the
+  // last candidate every rank sends its median per candidate to rank 0, which picks the
+  // candidate with the smallest slowest-rank median and broadcasts it; every rank rebuilds
+  // with that cap and tuning stops (ReducerStats::autotuned_bucket_cap_mb, a timeline
+  // event, a log line at INFO on rank 0). first_bucket_cap_mb and in_place_min_mb keep their
+  // values. Not with bucket_cap_mb_list (an error) or a communication hook (register_comm_hook
+  // refuses it); no_sync() iterations are not timed. Unset (default): no tuning.
+  TORCH_ARG(std::optional<BucketCapAutotune>, bucket_cap_autotune) = std::nullopt;
   // PyTorch's bucket_cap_mb=None (pytorch/pytorch #121640): the first iteration reduces
   // one bucket per dtype, device and wire dtype, with no cap (in_place_min_mb applies from
   // the rebuild on);

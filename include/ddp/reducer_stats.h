@@ -20,7 +20,12 @@ struct ReducerStats {
   int64_t finalize_wait_ns = 0;    // of which waiting for collectives
   int64_t graph_walk_ns = 0;       // total time of find_unused_parameters graph walks
   int64_t graph_walk_nodes = 0;    // autograd nodes visited by the last graph walk
-  int64_t bucket_rebuilds = 0;     // 0 or 1
+  int64_t bucket_rebuilds = 0;     // 0 or 1; with Options::bucket_cap_autotune, one more per
+                                   // candidate and one for the chosen cap
+  double autotuned_bucket_cap_mb = 0; // Options::bucket_cap_autotune: the cap chosen, in MiB
+                                      // (0 while tuning, or without autotune)
+  int64_t autotune_iterations = 0; // synchronised iterations spent tuning (the decision's one
+                                   // included), once chosen
   int64_t deferred_flag_reads = 0; // backward passes that returned without reading the ranks' used
                                    // flags (deferred step check: read once they arrive)
   int64_t step_check_ns = 0;       // total time keeping the ranks in step: section headers (their

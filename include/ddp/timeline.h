@@ -22,6 +22,10 @@ class Timeline {
     kFinalizeWait,// finalize waiting for the collectives
     kBackward,    // first hook to end of finalize
     kHookCollective, // a collective a communication hook issued, start to end (index = bucket)
+    kAutotuneCandidate, // Options::bucket_cap_autotune: one candidate's timed iterations, first start
+                        // to last end (index = candidate, bytes = its cap, value = the slowest
+                        // rank's median backward in ns)
+    kAutotuneChoice,    // the cap chosen (instant, at the decision; index = candidate, bytes = cap)
   };
 
   struct Event {
@@ -35,6 +39,7 @@ class Timeline {
     // "broadcast", "allgather"); 0 and null otherwise.
     int64_t bytes = 0;
     const char* op = nullptr; // a string literal
+    int64_t value = 0;        // kAutotuneCandidate: the slowest rank's median, ns; 0 otherwise
   };
 
   explicit Timeline(bool enabled = false) : enabled_(enabled) {}
@@ -43,9 +48,9 @@ class Timeline {
   void set_enabled(bool enabled) { enabled_ = enabled; }
 
   void record(Kind kind, int64_t index, int64_t iteration, Clock::time_point start, Clock::time_point end,
-              int64_t bytes = 0, const char* op = nullptr) {
+              int64_t bytes = 0, const char* op = nullptr, int64_t value = 0) {
     if (enabled_) {
-      events_.push_back(Event{kind, index, iteration, start, end, bytes, op});
+      events_.push_back(Event{kind, index, iteration, start, end, bytes, op, value});
     }
   }
 

@@ -31,7 +31,8 @@ BucketSet::BucketSet(const std::vector<at::Tensor>& parameters, const std::vecto
       divide_after_(precision_.ordered()),
       divisor_(world_size),
       scale_(at::scalar_tensor(divide_after_ ? 1.0 : 1.0 / world_size, at::TensorOptions().dtype(at::kDouble))),
-      scale_value_(divide_after_ ? 1.0 : 1.0 / world_size) {
+      scale_value_(divide_after_ ? 1.0 : 1.0 / world_size),
+      bucket_cap_mb_(options.bucket_cap_mb()) {
   if (precision_.ordered() && debug_level() >= DebugLevel::kDetail && rank_ == 0) {
     log(LogLevel::kInfo, rank_, "ordered sums (Options::reproducible / wire_dtype):{}", precision_.describe(names_));
   }
@@ -54,13 +55,14 @@ size_t BucketSet::in_place_min_bytes() const {
 BucketCaps BucketSet::caps() const {
   // Until the rebuild, first_iteration_one_bucket lays out one bucket per kind.
   if (options_.first_iteration_one_bucket() && !rebuilt_) return BucketCaps::one_bucket();
-  BucketCaps caps{mib_to_bytes(options_.first_bucket_cap_mb()), mib_to_bytes(options_.bucket_cap_mb()),
+  BucketCaps caps{mib_to_bytes(options_.first_bucket_cap_mb()), mib_to_bytes(bucket_cap_mb_),
                   in_place_min_bytes()};
   for (double mib : options_.bucket_cap_mb_list()) caps.list.push_back(mib_to_bytes(mib));
   return caps;
 }
 
 void BucketSet::build(const std::vector<size_t>& order) {
+  built_order_ = order;
   auto assignment = assign_buckets(parameters_, order, caps(),
                                    precision_.ordered() ? precision_.bucket_groups() : std::vector<int>{});
   std::vector<std::unique_ptr<Bucket>> buckets;
@@ -109,12 +111,15 @@ void BucketSet::build(const std::vector<size_t>& order) {
 }
 
 void BucketSet::rebuild_if_due() {
-  // Local: rank 0's order arrived in the first iteration's section (finalize), so every
-  // rank builds the same buckets here without a collective of its own.
-  if (rebuilt_ || rebuild_order_.empty()) return;
+  // Local: rank 0's order arrived in the first iteration's section (finalize), and
+  // autotune's caps follow the iteration count (or rank 0's choice), so every rank builds
+  // the same buckets here without a collective of its own.
+  if (!rebuild_due_) return;
+  rebuild_due_ = false;
   rebuilt_ = true;
   stats_.bucket_rebuilds += 1;
-  build(rebuild_order_);
+  // A copy: build() replaces built_order_.
+  build(rebuild_order_.empty() ? std::vector<size_t>(built_order_) : rebuild_order_);
 }
 
 const std::vector<size_t>& BucketSet::complete_order() {

@@ -43,9 +43,20 @@ class BucketSet {
   // Lays the buckets out for a gradient-ready `order` (parameter indices). With
   // gradient_as_bucket_view, gradients that alias the old buckets move into the new ones.
   void build(const std::vector<size_t>& order);
-  // Rebuilds once, locally, from rank 0's order (set_rebuild_order) when it has arrived.
+  // Rebuilds, locally, when due: once from rank 0's order (set_rebuild_order) when it has
+  // arrived, and after each set_bucket_cap (in that order, or the current one when none
+  // arrived). Every rank calls it at the same forward, so every rank rebuilds alike.
   void rebuild_if_due();
-  void set_rebuild_order(std::vector<size_t> order) { rebuild_order_ = std::move(order); }
+  void set_rebuild_order(std::vector<size_t> order) {
+    rebuild_order_ = std::move(order);
+    rebuild_due_ = true;
+  }
+  // Options::bucket_cap_autotune: the buckets after the next rebuild close at `mib`
+  // instead of bucket_cap_mb (due at the next rebuild_if_due).
+  void set_bucket_cap(double mib) {
+    bucket_cap_mb_ = mib;
+    rebuild_due_ = true;
+  }
 
   // The first iteration's ready order: record_ready as gradients arrive; complete_order
   // appends the parameters that never fired, in reverse registration order.
@@ -138,7 +149,10 @@ class BucketSet {
   double scale_value_ = 1.0;
   std::vector<size_t> ready_order_;   // this rank's, in the first iteration
   std::vector<size_t> rebuild_order_; // rank 0's, received after the first iteration
+  std::vector<size_t> built_order_;   // the order of the last build
   bool rebuilt_ = false;
+  bool rebuild_due_ = false;
+  double bucket_cap_mb_; // Options::bucket_cap_mb, or autotune's candidate or choice
 };
 
 } // namespace ddp::detail

@@ -7,6 +7,7 @@
 #include <ddp/error.h>
 
 #include "bucket/reduction_precision.h"
+#include "reducer/bucket_cap_autotuner.h"
 #include "comm/consistency_check.h"
 #include "common/env.h"
 #include "common/logging.h"
@@ -52,6 +53,8 @@ std::vector<ConsistencyItem> construction_items(const Options& o, const Reducer:
       // Different caps pair collectives of different sizes.
       {Kind::kOption, "bucket_cap_mb_list", cap_list_text(o.bucket_cap_mb_list())},
       {Kind::kOption, "first_iteration_one_bucket", o.first_iteration_one_bucket() ? "true" : "false"},
+      // Ranks that tune differently would rebuild at different forwards.
+      {Kind::kOption, "bucket_cap_autotune", BucketCapAutotuner::describe(o.bucket_cap_autotune())},
       {Kind::kOption, "in_place_min_mb", fmt::format("{}", o.in_place_min_mb())},
       {Kind::kOption, "gradient_as_bucket_view", o.gradient_as_bucket_view() ? "true" : "false"},
       {Kind::kOption, "broadcast_buffers", o.broadcast_buffers() ? "true" : "false"},
@@ -135,6 +138,30 @@ Options ConstructionCheck::resolve(Options options, int rank) {
   for (size_t k = 0; k < cap_list.size(); ++k) {
     if (!(cap_list[k] > 0)) {
       throw bad(fmt::format("bucket_cap_mb_list[{}]", k), cap_list[k], "> 0 (MiB), like every cap in the list");
+    }
+  }
+  if (const auto& tune = options.bucket_cap_autotune()) {
+    if (!cap_list.empty()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] Options::bucket_cap_autotune and Options::bucket_cap_mb_list are both set: autotune tries "
+          "values of bucket_cap_mb, which a cap list replaces. Set one of them.",
+          rank));
+    }
+    if (tune->candidates_mb().empty()) {
+      throw InvalidArgumentError(fmt::format(
+          "[ddp rank {}] Options::bucket_cap_autotune has no candidates_mb: give at least one cap (MiB) to try", rank));
+    }
+    for (size_t k = 0; k < tune->candidates_mb().size(); ++k) {
+      if (!(tune->candidates_mb()[k] > 0)) {
+        throw bad(fmt::format("bucket_cap_autotune.candidates_mb[{}]", k), tune->candidates_mb()[k], "> 0 (MiB)");
+      }
+    }
+    if (tune->warmup_iterations() < 0) {
+      throw bad("bucket_cap_autotune.warmup_iterations", static_cast<double>(tune->warmup_iterations()), ">= 0");
+    }
+    if (tune->iterations_per_candidate() < 1) {
+      throw bad("bucket_cap_autotune.iterations_per_candidate", static_cast<double>(tune->iterations_per_candidate()),
+                ">= 1");
     }
   }
   if (!(options.in_place_min_mb() >= 0 || options.in_place_min_mb() == -1.0)) {

@@ -7,6 +7,7 @@
 //   read             how many ranks used each parameter, and every rank's status
 //   write back       the averages into .grad, where some rank used the parameter
 //   learn            iteration 0: static graph, and rank 0's ready order for the rebuild
+//   tune             Options::bucket_cap_autotune: time this backward, next candidate, or the choice
 //   report           the parameters no rank (or not every rank) used
 //   end              a new iteration; this step's error, if any, on every rank
 #include <ATen/ATen.h>
@@ -17,6 +18,7 @@
 #include <ddp/error.h>
 
 #include "common/check.h"
+#include "common/logging.h"
 #include "reducer/reducer_impl.h"
 #include "reducer/scoped_timer.h"
 
@@ -100,6 +102,7 @@ void Reducer::Impl::finalize() {
     static_graph_.learned = true;
   }
   if (iteration == 0) share_ready_order(lock, all_ok);
+  if (autotune_.tuning()) tune_bucket_cap(lock, iteration, all_ok, Clock::now());
   if (!read_later) {
     unused_.record(unused_.used_by(), iteration);
     unused_.report(unused_.used_by(), world_size_ > 1 ? status_row_.host_rows() : nullptr, local_used, iteration,
@@ -177,8 +180,11 @@ bool Reducer::Impl::can_read_later(const std::vector<char>& local_used, int64_t 
   // (bucket order, static graph), or this rank's own error (every rank must see it in
   // this step).
   const bool used_everything = std::all_of(local_used.begin(), local_used.end(), [](char used) { return used != 0; });
+  // While autotune tunes, the flags are read now too: the host then waits for the
+  // collectives, so each backward's time includes them, and every rank knows at the
+  // decision whether every rank was ok.
   return step_check_.deferred() && world_size_ > 1 && used_everything && iteration > 0 && pending_error_.empty() &&
-         (!options.static_graph() || static_graph_.learned);
+         (!options.static_graph() || static_graph_.learned) && !autotune_.tuning();
 }
 
 void Reducer::Impl::issue_flags(const std::vector<char>& local_used, bool read_later) {
@@ -275,6 +281,88 @@ void Reducer::Impl::share_ready_order(std::unique_lock<std::mutex>& lock, bool a
     data = order.data_ptr<int64_t>();
   }
   buckets_.set_rebuild_order(std::vector<size_t>(data, data + n));
+}
+
+void Reducer::Impl::tune_bucket_cap(std::unique_lock<std::mutex>& lock, int64_t iteration, bool all_ok,
+                                    Clock::time_point end) {
+  int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(end - backward_start_).count();
+  const auto timed_cap = autotune_.timed_cap(iteration);
+  if (timed_cap && detail::BucketCapAutotuner::timing_override()) {
+    if (const auto injected = detail::BucketCapAutotuner::timing_override()(rank_, iteration, *timed_cap)) {
+      ns = *injected;
+    }
+  }
+  autotune_.record(iteration, backward_start_, end, ns);
+  if (autotune_.decides_at(iteration)) {
+    // all_ok is the same on every rank here (the flags are read now while tuning): a step
+    // some rank failed postpones the choice, on every rank, to the next one that succeeds.
+    if (all_ok) decide_bucket_cap(lock, iteration);
+    return;
+  }
+  if (const auto cap = autotune_.cap_after(iteration)) buckets_.set_bucket_cap(*cap);
+}
+
+void Reducer::Impl::decide_bucket_cap(std::unique_lock<std::mutex>& lock, int64_t iteration) {
+  const size_t k = autotune_.candidates();
+  const std::vector<int64_t> local = autotune_.medians();
+  std::vector<int64_t> gathered = local;
+  int64_t choice = 0;
+  if (world_size_ > 1) {
+    const auto on_device = at::TensorOptions().dtype(at::kLong).device(process_group->device());
+    at::Tensor mine = at::tensor(c10::ArrayRef<int64_t>(local), at::TensorOptions().dtype(at::kLong)).to(process_group->device());
+    at::Tensor all = at::empty({world_size_, static_cast<int64_t>(k)}, on_device);
+    std::vector<at::Tensor> rows;
+    for (int r = 0; r < world_size_; ++r) rows.push_back(all[r]);
+    at::Tensor chosen = at::zeros({1}, on_device);
+    stats.collectives += 2;
+    lock.unlock(); // the collectives wait on the network
+    std::exception_ptr failure;
+    try {
+      process_group->allgather(rows, mine)->wait(options.timeout());
+      const at::Tensor host = all.cpu();
+      gathered.assign(host.data_ptr<int64_t>(), host.data_ptr<int64_t>() + host.numel());
+      // Rank 0 decides; the others take its choice, whatever their own rows say.
+      if (rank_ == 0) chosen.fill_(static_cast<int64_t>(detail::BucketCapAutotuner::decide(gathered, world_size_, k).candidate));
+      process_group->broadcast(chosen, 0)->wait(options.timeout());
+      choice = chosen.cpu().item<int64_t>();
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    lock.lock();
+    if (failure) {
+      step_check_.mark_broken(fmt::format("{} Options::bucket_cap_autotune's choice could not be shared: the ranks "
+                                          "are out of step; restart from the last checkpoint.",
+                                          rank_prefix()));
+      std::rethrow_exception(failure);
+    }
+  } else {
+    choice = static_cast<int64_t>(detail::BucketCapAutotuner::decide(gathered, 1, k).candidate);
+  }
+  DDP_CHECK(choice >= 0 && static_cast<size_t>(choice) < k, "rank 0's autotune choice is a candidate");
+  // What rank 0 decided from (every rank received the same rows): for the log and the timeline.
+  const auto why = detail::BucketCapAutotuner::decide(gathered, world_size_, k);
+  autotune_.settle(static_cast<size_t>(choice));
+  buckets_.set_bucket_cap(autotune_.chosen_mb());
+  stats.autotuned_bucket_cap_mb = autotune_.chosen_mb();
+  stats.autotune_iterations = iteration + 1;
+  const auto now = Clock::now();
+  for (size_t c = 0; c < k; ++c) {
+    const auto [first, last] = autotune_.window(c);
+    timeline.record(Timeline::Kind::kAutotuneCandidate, static_cast<int64_t>(c), iteration, first, last,
+                    static_cast<int64_t>(autotune_.candidate_mb(c) * 1048576.0), nullptr, why.slowest[c]);
+  }
+  timeline.record(Timeline::Kind::kAutotuneChoice, choice, iteration, now, now,
+                  static_cast<int64_t>(autotune_.chosen_mb() * 1048576.0));
+  if (rank_ == 0) {
+    std::string table;
+    for (size_t c = 0; c < k; ++c) {
+      table += fmt::format("{}{:g} MiB {:.3f} ms", c ? ", " : "", autotune_.candidate_mb(c), why.slowest[c] / 1e6);
+    }
+    detail::log(detail::LogLevel::kInfo, rank_,
+                "bucket_cap_autotune chose bucket_cap_mb={:g} after {} iterations: the smallest slowest-rank median "
+                "backward (first hook to the end of finalize) over {} ranks; per candidate: {}",
+                autotune_.chosen_mb(), iteration + 1, world_size_, table);
+  }
 }
 
 void Reducer::Impl::throw_step_error(std::string error, bool all_ok, int64_t step) {

@@ -89,7 +89,8 @@ Reducer::Impl::Impl(detail::ConstructionCheck::Result checked, std::shared_ptr<P
       skip_(options.skip_all_reduce_unused_params(), parameters.size()),
       hook_runner_(process_group, rank_, process_group->device().is_cuda(), options.timeout()),
       recovery_({step_check_, buckets_, hook_runner_, status_row_, stats}, rank_, world_size_, options.timeout()),
-      unused_(names, rank_, world_size_) {
+      unused_(names, rank_, world_size_),
+      autotune_(options.bucket_cap_autotune()) {
   const size_t n = parameters.size();
   marks_.marked.assign(n, 0);
   marks_.marked_early.assign(n, 0);
@@ -190,6 +191,9 @@ void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lo
   recovery_.settle([this](size_t b) { return launch_bucket(b); }, iteration_, lock, [this] {
     reset_iteration();
     phase_ = Phase::kIdle;
+    // The other ranks finalised this iteration (with this rank's error: no choice is made
+    // in it), so autotune's next cap follows the count here too.
+    if (const auto cap = autotune_.cap_after(iteration_)) buckets_.set_bucket_cap(*cap);
     iteration_ += 1;
   });
 }
@@ -330,6 +334,16 @@ void Reducer::Impl::register_comm_hook(std::shared_ptr<CommHook> hook) {
     throw InvalidArgumentError(fmt::format(
         "{} register_comm_hook('{}'): Options::wire_dtype / wire_dtype_overrides already choose what the gradients "
         "travel as, and a hook replaces that reduction. Use one: unset wire_dtype, or do not register the hook.",
+        rank_prefix(), name));
+  }
+  if (options.bucket_cap_autotune()) {
+    // A hook may keep state per bucket (PowerSGD's error feedback), which each of
+    // autotune's rebuilds would scramble, and its cost is not what the candidates were
+    // timed with. The options are equal on every rank: every rank throws here.
+    throw InvalidArgumentError(fmt::format(
+        "{} register_comm_hook('{}'): Options::bucket_cap_autotune is set, and its rebuilds change the buckets a "
+        "hook is handed while it tunes. Use one: unset bucket_cap_autotune (set the cap it chose as bucket_cap_mb), "
+        "or do not register the hook.",
         rank_prefix(), name));
   }
   if (hook_runner_.active()) {

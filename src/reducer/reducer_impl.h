@@ -12,6 +12,7 @@
 //   JoinState           ddp::Join's flags, divisor and authoritative rank
 //   InterruptedBackward completing a section an exception cut short
 //   UnusedReport        which parameters got no gradient, and the warning naming them
+//   BucketCapAutotuner  Options::bucket_cap_autotune's schedule, timings and choice
 // One per Reducer, shared with the autograd callbacks that may outlive it (they hold a
 // weak_ptr). docs/threads.md says which thread runs what and where the mutex is released.
 #pragma once
@@ -28,6 +29,7 @@
 #include <ddp/comm_hook.h>
 #include <ddp/reducer.h>
 
+#include "reducer/bucket_cap_autotuner.h"
 #include "reducer/bucket_set.h"
 #include "reducer/bucket_skip.h"
 #include "reducer/construction_check.h"
@@ -161,6 +163,12 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   bool read_used_by(const std::vector<char>& local_used, bool read_later);
   // Iteration 0: every rank takes rank 0's ready order for the rebuild.
   void share_ready_order(std::unique_lock<std::mutex>& lock, bool all_ok);
+  // Options::bucket_cap_autotune, at the end of synchronised `iteration` (its backward
+  // ended at `end`): times it, sets the next candidate's cap, or makes the choice.
+  void tune_bucket_cap(std::unique_lock<std::mutex>& lock, int64_t iteration, bool all_ok, Clock::time_point end);
+  // Every rank's medians to rank 0 (one allgather), rank 0's choice to every rank (one
+  // broadcast); every rank rebuilds with it at the next forward.
+  void decide_bucket_cap(std::unique_lock<std::mutex>& lock, int64_t iteration);
   // Throws this step's error, if any (after the iteration has ended).
   void throw_step_error(std::string error, bool all_ok, int64_t step);
 
@@ -190,6 +198,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   detail::JoinState join_;
   detail::InterruptedBackward recovery_;
   detail::UnusedReport unused_;
+  detail::BucketCapAutotuner autotune_;
 
   std::mutex mutex_;
   Phase phase_ = Phase::kIdle;

@@ -19,6 +19,8 @@ const char* Timeline::kind_name(Kind kind) {
     case Kind::kFinalizeWait: return "finalize_wait";
     case Kind::kBackward: return "backward";
     case Kind::kHookCollective: return "hook_collective";
+    case Kind::kAutotuneCandidate: return "autotune_candidate";
+    case Kind::kAutotuneChoice: return "autotune_choice";
   }
   return "unknown";
 }
@@ -49,7 +51,9 @@ int thread_of(Timeline::Kind kind) {
     case Timeline::Kind::kCollective:
     case Timeline::Kind::kHookCollective:
     case Timeline::Kind::kUsedFlags: return 2;
-    case Timeline::Kind::kBackward: return 0;
+    case Timeline::Kind::kBackward:
+    case Timeline::Kind::kAutotuneCandidate: // spans the backward passes it timed
+    case Timeline::Kind::kAutotuneChoice: return 0;
     default: return 1;
   }
 }
@@ -84,10 +88,31 @@ void Timeline::write_chrome_trace(const std::string& path, int rank, const std::
       name = fmt::format("{} bucket {}", kind_name(e.kind), e.index);
     } else if (e.kind == Kind::kHookCollective) {
       name = fmt::format("{} bucket {}", e.op ? e.op : "collective", e.index);
+    } else if (e.kind == Kind::kAutotuneCandidate) {
+      name = fmt::format("autotune bucket_cap_mb={:g}: slowest rank's median backward {:.3f} ms",
+                         static_cast<double>(e.bytes) / 1048576.0, static_cast<double>(e.value) / 1e6);
+    } else if (e.kind == Kind::kAutotuneChoice) {
+      name = fmt::format("autotune chose bucket_cap_mb={:g}", static_cast<double>(e.bytes) / 1048576.0);
     } else {
       name = kind_name(e.kind);
     }
-    if (e.kind == Kind::kBucketReady) {
+    if (e.kind == Kind::kAutotuneCandidate || e.kind == Kind::kAutotuneChoice) {
+      // The candidate's cap and its timing in the args too, for a script reading the trace.
+      const std::string args = fmt::format("\"iteration\":{},\"candidate\":{},\"bucket_cap_mb\":{:g}{}", e.iteration,
+                                           e.index, static_cast<double>(e.bytes) / 1048576.0,
+                                           e.kind == Kind::kAutotuneCandidate
+                                               ? fmt::format(",\"median_ms\":{:.6f}", static_cast<double>(e.value) / 1e6)
+                                               : "");
+      if (e.kind == Kind::kAutotuneChoice) {
+        out += fmt::format(",\n{{\"name\":\"{}\",\"cat\":\"{}\",\"ph\":\"i\",\"s\":\"p\",\"ts\":{:.3f},\"pid\":{},"
+                           "\"tid\":{},\"args\":{{{}}}}}",
+                           name, kind_name(e.kind), us(e.start), rank, thread_of(e.kind), args);
+      } else {
+        out += fmt::format(",\n{{\"name\":\"{}\",\"cat\":\"{}\",\"ph\":\"X\",\"ts\":{:.3f},\"dur\":{:.3f},\"pid\":{},"
+                           "\"tid\":{},\"args\":{{{}}}}}",
+                           name, kind_name(e.kind), us(e.start), us(e.end) - us(e.start), rank, thread_of(e.kind), args);
+      }
+    } else if (e.kind == Kind::kBucketReady) {
       out += fmt::format(",\n{{\"name\":\"{}\",\"cat\":\"{}\",\"ph\":\"i\",\"s\":\"t\",\"ts\":{:.3f},\"pid\":{},"
                          "\"tid\":{},\"args\":{{\"iteration\":{}}}}}",
                          name, kind_name(e.kind), us(e.start), rank, thread_of(e.kind), e.iteration);

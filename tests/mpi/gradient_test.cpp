@@ -331,3 +331,28 @@ TEST_CASE("buckets are rebuilt once, in the observed ready order, the same on ev
   at::Tensor bytes = at::from_blob(joined.data(), {static_cast<int64_t>(joined.size())}, at::kByte).clone();
   CHECK(ddp::test::identical_across_ranks(bytes));
 }
+
+TEST_CASE("bucket_cap_autotune: gradients equal the oracle through its rebuilds; every rank takes rank 0's choice",
+          "[grad]") {
+  // One parameter per bucket, a few per bucket, one bucket; one timed iteration each: the
+  // choice is made at the end of iteration 3, with the ranks' real (differing) timings.
+  const auto tune = ddp::BucketCapAutotune().candidates_mb({1e-6, 1e-3, 1e4}).warmup_iterations(0)
+                        .iterations_per_candidate(1);
+  check_equivalence<ddp::test::Mlp>([] { return ddp::test::Mlp(); },
+                                    with_caps(1e-6, 25).bucket_cap_autotune(tune), {8}, 4, false,
+                                    ddp::test::MlpImpl::reduction_terms(kShard * world().size()), /*iterations=*/6);
+  ddp::test::Mlp net;
+  ddp::DistributedDataParallel model(net, ddp::test::world_ptr(), with_caps(1e-6, 25).bucket_cap_autotune(tune));
+  for (int it = 0; it < 5; ++it) model(torch::randn({2, 8})).sum().backward();
+  const double chosen = model->reducer().stats().autotuned_bucket_cap_mb;
+  CHECK((chosen == 1e-6 || chosen == 1e-3 || chosen == 1e4));
+  CHECK(model->reducer().stats().autotune_iterations == 4);
+  CHECK(identical_across_ranks(torch::tensor({chosen}, torch::kDouble)));
+  std::string layout;
+  for (const auto& b : model->reducer().bucket_layout()) {
+    for (const auto& name : b) layout += name + ",";
+    layout += ";";
+  }
+  at::Tensor bytes = at::from_blob(layout.data(), {static_cast<int64_t>(layout.size())}, at::kByte).clone();
+  CHECK(identical_across_ranks(bytes));
+}

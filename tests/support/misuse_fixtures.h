@@ -41,6 +41,8 @@ inline std::vector<OptionMismatch> option_mismatches() {
       {"first_bucket_cap_mb", [](ddp::Options& o) { o.first_bucket_cap_mb(2); }, "2"},
       {"bucket_cap_mb_list", [](ddp::Options& o) { o.bucket_cap_mb_list({1, 4.5}); }, "[1, 4.5]"},
       {"first_iteration_one_bucket", [](ddp::Options& o) { o.first_iteration_one_bucket(true); }, "true"},
+      {"bucket_cap_autotune", [](ddp::Options& o) { o.bucket_cap_autotune(ddp::BucketCapAutotune()); },
+       "candidates_mb=[1, 2, 4, 8, 16, 25], warmup_iterations=2, iterations_per_candidate=6"},
       {"gradient_as_bucket_view", [](ddp::Options& o) { o.gradient_as_bucket_view(true); }, "true"},
       {"in_place_min_mb", [](ddp::Options& o) { o.in_place_min_mb(0); }, "0"},
       {"broadcast_buffers", [](ddp::Options& o) { o.broadcast_buffers(false); }, "false"},
