@@ -37,7 +37,7 @@ for round in $(seq "${ROUNDS:-3}"); do
     "$cluster" --name "$name" mpirun -np "${HOSTS:-2}" --bind-to none "$build/bench/ddp_bench" --model "$model" \
       --mode ddp --in-place-min-mb 0 --bucket-cap-mb "$cap" --iterations "${ITERATIONS:-20}" --link-dev eth0 \
       --json "$json" > "$out/${model}_${cap}_round${round}.txt" 2>&1
-    grep -E "bucket_cap_autotune" "$out/${model}_${cap}_round${round}.txt" | sed "s/^/[round $round cap $cap] /" || true
+    grep -E "chose bucket_cap_mb" "$out/${model}_${cap}_round${round}.txt" | sed "s/^/[round $round cap $cap] /" || true
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("[round %s cap %s] median %.2f ms, %d buckets, chosen %g" % (sys.argv[2], sys.argv[3], r["median_ms"], r["buckets"], r["autotuned_bucket_cap_mb"]))' \
       "$json" "$round" "$cap"
   done
