@@ -22,6 +22,7 @@ class Timeline {
     kFinalizeWait,// finalize waiting for the collectives
     kBackward,    // first hook to end of finalize
     kHookCollective, // a collective a communication hook issued, start to end (index = bucket)
+    kOptimizerStep, // an overlapped optimizer's update of a bucket's parameters (index = bucket)
   };
 
   struct Event {

@@ -19,6 +19,7 @@ const char* Timeline::kind_name(Kind kind) {
     case Kind::kFinalizeWait: return "finalize_wait";
     case Kind::kBackward: return "backward";
     case Kind::kHookCollective: return "hook_collective";
+    case Kind::kOptimizerStep: return "optimizer_step";
   }
   return "unknown";
 }
@@ -80,7 +81,7 @@ void Timeline::write_chrome_trace(const std::string& path, int rank, const std::
       name = e.index >= 0 && static_cast<size_t>(e.index) < parameter_names.size()
                  ? "hook " + escape(parameter_names[e.index])
                  : fmt::format("hook #{}", e.index);
-    } else if (e.kind == Kind::kBucketReady || e.kind == Kind::kCollective) {
+    } else if (e.kind == Kind::kBucketReady || e.kind == Kind::kCollective || e.kind == Kind::kOptimizerStep) {
       name = fmt::format("{} bucket {}", kind_name(e.kind), e.index);
     } else if (e.kind == Kind::kHookCollective) {
       name = fmt::format("{} bucket {}", e.op ? e.op : "collective", e.index);
