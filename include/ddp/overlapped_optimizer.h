@@ -26,7 +26,9 @@
 //   that is undefined, as torch::optim skips it.
 // - Do not call optimizer().step() yourself: that would update the parameters twice.
 // - Changing a gradient between backward() and step() (clip_grad_norm_, zero_grad) is an
-//   error at step() naming the parameter: its update already ran. Clipping goes through
+//   error at step() naming the parameter: its update already ran (found by the gradient's
+//   version counter and a sample of its values on CPU; a GPU gradient written through
+//   .data() is not seen, so do not rely on the check there). Clipping goes through
 //   OverlapOptions: clip_grad_value (exact, overlapped) or max_grad_norm (exact, two
 //   phases: the norms overlap, the update waits for the last bucket).
 // Supported: torch::optim::SGD (momentum, Nesterov, weight decay), Adam, AdamW, RMSprop,

@@ -14,7 +14,10 @@
 #include <torch/optim/rmsprop.h>
 #include <torch/optim/sgd.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <unordered_map>
@@ -55,9 +58,12 @@ struct OverlappedOptimizer::State {
   struct Seen {
     Mark mark = Mark::kNone;
     // The gradient as the update (or the norm) saw it: a change after that is an error
-    // (or, for a norm, a reason to take it again).
+    // (or, for a norm, a reason to take it again). The version counter misses writes
+    // through .data() (clip_grad_norm_ scales grad().data()), so three of its values are
+    // kept too (CPU: read in place, no ATen call; a GPU gradient keeps the counter only).
     const c10::TensorImpl* grad = nullptr;
     int64_t version = 0;
+    std::array<uint64_t, 3> sample{};
     at::Tensor norm;
   };
 
@@ -74,13 +80,26 @@ struct OverlappedOptimizer::State {
 
   std::string prefix() const { return fmt::format("[ddp rank {}]", rank); }
 
+  // The first, middle and last elements' bytes of a contiguous CPU gradient (zeros otherwise).
+  static std::array<uint64_t, 3> sample_of(const at::Tensor& grad) {
+    std::array<uint64_t, 3> out{};
+    if (!grad.defined() || !grad.device().is_cpu() || !grad.is_contiguous() || grad.numel() == 0) return out;
+    const auto* base = static_cast<const char*>(grad.const_data_ptr());
+    const size_t size = std::min<size_t>(grad.element_size(), sizeof(uint64_t));
+    const int64_t n = grad.numel();
+    const int64_t at[3] = {0, n / 2, n - 1};
+    for (size_t k = 0; k < 3; ++k) std::memcpy(&out[k], base + at[k] * grad.element_size(), size);
+    return out;
+  }
   static void mark_grad(Seen& s, const at::Tensor& grad) {
     s.grad = grad.defined() ? grad.unsafeGetTensorImpl() : nullptr;
     s.version = grad.defined() ? static_cast<int64_t>(grad._version()) : 0;
+    s.sample = sample_of(grad);
   }
   static bool grad_unchanged(const Seen& s, const at::Tensor& grad) {
     if (!grad.defined()) return s.grad == nullptr;
-    return s.grad == grad.unsafeGetTensorImpl() && s.version == static_cast<int64_t>(grad._version());
+    return s.grad == grad.unsafeGetTensorImpl() && s.version == static_cast<int64_t>(grad._version()) &&
+           s.sample == sample_of(grad);
   }
 
   const at::Tensor& parameter(const Place& p) const {

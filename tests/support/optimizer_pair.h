@@ -175,7 +175,10 @@ inline PairOutcome run_optimizer_pair(int rank, const std::shared_ptr<ProcessGro
       torch::nn::utils::clip_grad_value_(plain_net->parameters(), *c.overlap.clip_grad_value());
     }
     if (c.overlap.max_grad_norm()) {
-      torch::nn::utils::clip_grad_norm_(reference->parameters(), *c.overlap.max_grad_norm(), c.overlap.norm_type());
+      // Every group's parameters (Optimizer::parameters() is the first group's only).
+      std::vector<at::Tensor> all;
+      for (const auto& group : reference->param_groups()) all.insert(all.end(), group.params().begin(), group.params().end());
+      torch::nn::utils::clip_grad_norm_(all, *c.overlap.max_grad_norm(), c.overlap.norm_type());
     }
     reference->step();
     opt->step();

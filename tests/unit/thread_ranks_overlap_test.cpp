@@ -35,8 +35,13 @@ ddp::test::OverlapNet initial_net() {
   return ddp::test::OverlapNet();
 }
 
+// When the overlapped optimizer updates: as each bucket's collective completes (while
+// later ones are on the wire), at the end of finalize (after a hook's futures: still in the
+// backward), or in step() (max_grad_norm).
+enum class Updates { kEarly, kInFinalize, kInStep };
+
 // Runs the pair on every rank of a world of `world` and checks the outcome.
-void check_pair(int world, const PairConfig& config, bool expect_early) {
+void check_pair(int world, const PairConfig& config, Updates expected) {
   const auto initial = initial_net();
   auto results = run_ranks(world, [&](int rank, PG pg) { return run_optimizer_pair(rank, pg, initial, config); });
   for (const auto& r : results) {
@@ -46,12 +51,18 @@ void check_pair(int world, const PairConfig& config, bool expect_early) {
     INFO(r.value->first_difference);
     CHECK(r.value->equal);
     CHECK(r.value->no_sync_untouched);
-    if (expect_early) {
-      // The point of it: updates ran during the backward, bucket by bucket.
-      CHECK(r.value->updated_in_backward > 0);
-      CHECK(r.value->reported_early > 0);
-    } else {
-      CHECK(r.value->updated_in_backward == 0);
+    switch (expected) {
+      case Updates::kEarly: // the point of it: updates while later buckets are reduced
+        CHECK(r.value->updated_in_backward > 0);
+        CHECK(r.value->reported_early > 0);
+        break;
+      case Updates::kInFinalize:
+        CHECK(r.value->updated_in_backward > 0);
+        CHECK(r.value->reported_early == 0);
+        break;
+      case Updates::kInStep:
+        CHECK(r.value->updated_in_backward == 0);
+        break;
     }
   }
 }
@@ -67,7 +78,7 @@ TEST_CASE("thread ranks: an overlapped optimizer gives the parameters of the pla
       c.kind = kind;
       c.options = small_buckets();
       c.scheduler = true; // the learning rate halves every 2 steps: taken at the next step
-      check_pair(world, c, /*expect_early=*/true);
+      check_pair(world, c, Updates::kEarly);
     }
   }
 }
@@ -78,37 +89,37 @@ TEST_CASE("thread ranks: an overlapped optimizer across bucket layouts, no_sync 
     SECTION("gradients as bucket views, world " + std::to_string(world)) {
       PairConfig c;
       c.options = small_buckets().gradient_as_bucket_view(true);
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("large gradients reduced in place, world " + std::to_string(world)) {
       PairConfig c;
       c.kind = OptimizerKind::kSgdMomentum;
       c.options = small_buckets().in_place_min_mb(0.01);
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("one bucket (the default caps), world " + std::to_string(world)) {
       PairConfig c;
       c.options = ddp::test::short_timeout();
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("no_sync: accumulates, updates only on the synchronised backward, world " + std::to_string(world)) {
       PairConfig c;
       c.options = small_buckets();
       c.accumulate = 3;
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("a head used on rank 0 only (find_unused_parameters), world " + std::to_string(world)) {
       PairConfig c;
       c.options = small_buckets().find_unused_parameters(true);
       c.side = PairConfig::Side::kRankZero;
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("a head no rank uses, .grad set to none: skipped as torch::optim skips it, world " +
             std::to_string(world)) {
       PairConfig c;
       c.options = small_buckets().find_unused_parameters(true);
       c.side = PairConfig::Side::kNone;
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("a head no rank uses, .grad zeroed (defined): updated as torch::optim does, world " +
             std::to_string(world)) {
@@ -116,19 +127,19 @@ TEST_CASE("thread ranks: an overlapped optimizer across bucket layouts, no_sync 
       c.options = small_buckets().find_unused_parameters(true);
       c.side = PairConfig::Side::kNone;
       c.set_to_none = false;
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("static_graph, world " + std::to_string(world)) {
       PairConfig c;
       c.kind = OptimizerKind::kAdamW;
       c.options = small_buckets().static_graph(true);
       c.side = PairConfig::Side::kRankZero;
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("deferred step check, world " + std::to_string(world)) {
       PairConfig c;
       c.options = small_buckets().step_check(ddp::Options::StepCheck::kDeferred);
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
   }
 }
@@ -139,35 +150,35 @@ TEST_CASE("thread ranks: an overlapped optimizer with communication hooks and cl
       PairConfig c;
       c.options = small_buckets();
       c.hook = "allreduce";
-      check_pair(world, c, /*expect_early=*/false);
+      check_pair(world, c, Updates::kInFinalize);
     }
     SECTION("fp16 compression hook, world " + std::to_string(world)) {
       PairConfig c;
       c.kind = OptimizerKind::kSgdMomentum;
       c.options = small_buckets();
       c.hook = "fp16";
-      check_pair(world, c, false);
+      check_pair(world, c, Updates::kInFinalize);
     }
     SECTION("clip_grad_value: bucket by bucket, the same as clip_grad_value_ before step, world " +
             std::to_string(world)) {
       PairConfig c;
       c.options = small_buckets();
       c.overlap.clip_grad_value(0.01);
-      check_pair(world, c, true);
+      check_pair(world, c, Updates::kEarly);
     }
     SECTION("max_grad_norm: the same as clip_grad_norm_ before step, updates in step(), world " +
             std::to_string(world)) {
       PairConfig c;
       c.options = small_buckets();
       c.overlap.max_grad_norm(0.05);
-      check_pair(world, c, false);
+      check_pair(world, c, Updates::kInStep);
     }
     SECTION("max_grad_norm, infinity norm, world " + std::to_string(world)) {
       PairConfig c;
       c.kind = OptimizerKind::kSgdMomentum;
       c.options = small_buckets();
       c.overlap.max_grad_norm(0.01).norm_type(std::numeric_limits<double>::infinity());
-      check_pair(world, c, false);
+      check_pair(world, c, Updates::kInStep);
     }
   }
 }
@@ -244,7 +255,7 @@ TEST_CASE("thread ranks: what an overlapped optimizer refuses, and the errors th
   struct Seen {
     std::string lbfgs, null_optimizer, bad_clip, both_clips, second, join_after, join_before;
     bool second_after_destroy = false;
-    std::string changed_grad, missed_step;
+    std::string changed_grad, zeroed_grad, missed_step;
     bool recovers = false; // after each error, a normal step works again
   };
   auto results = run_ranks(2, [&](int rank, PG pg) {
@@ -289,6 +300,11 @@ TEST_CASE("thread ranks: what an overlapped optimizer refuses, and the errors th
     torch::mse_loss(model(x, true), y).backward();
     torch::nn::utils::clip_grad_norm_(net->parameters(), 1e-3);
     seen.changed_grad = error_of([&] { opt->step(); });
+    // zero_grad between backward() and step().
+    opt->zero_grad();
+    torch::mse_loss(model(x, true), y).backward();
+    opt->zero_grad();
+    seen.zeroed_grad = error_of([&] { opt->step(); });
     // Two synchronised backward passes without a step() between them.
     opt->zero_grad();
     torch::mse_loss(model(x, true), y).backward();
@@ -314,6 +330,7 @@ TEST_CASE("thread ranks: what an overlapped optimizer refuses, and the errors th
     CHECK(s.second_after_destroy);
     CHECK_THAT(s.changed_grad, Contains(me) && Contains("changed between backward() and step()") &&
                                    Contains("fc") && Contains("max_grad_norm"));
+    CHECK_THAT(s.zeroed_grad, Contains(me) && Contains("changed between backward() and step()"));
     CHECK_THAT(s.missed_step, Contains("before step() was called") && Contains("no_sync()"));
     CHECK(s.recovers);
   }
