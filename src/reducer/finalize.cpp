@@ -355,7 +355,7 @@ std::string Reducer::Impl::describe_failures(const std::vector<uint8_t>& statuse
 
 bool Reducer::Impl::reports_early(size_t b, const std::vector<char>& local_used) const {
   // This rank's own error zeroed a slot: the step ends in an error on every rank.
-  if (!reduced_callback_ || !pending_error_.empty()) return false;
+  if (!reduced_callback_ || reduced_owner_.expired() || !pending_error_.empty()) return false;
   for (size_t i : buckets_.bucket(b).members()) {
     if (!local_used[i]) return false; // whether some rank used it is known only from the flags
   }
