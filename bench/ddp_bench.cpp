@@ -64,6 +64,7 @@ struct Config {
   std::vector<std::string> comm_hooks; // each DDP mode also runs once per hook ("ddp+fp16")
   std::vector<std::string> reductions; // and once per reduction option ("ddp+reproducible")
   bool grad_checksum = false;          // print a checksum of every step's gradients
+  std::string optimizer = "sgd";       // every mode's optimizer: sgd, adam
   int64_t powersgd_rank = 4;
   int64_t powersgd_start = 2; // within the warm-up: every timed step compresses
 };
@@ -109,7 +110,10 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
       "  --reduction NAME[,NAME] Options for the sum: reproducible (Options::reproducible), wire-bf16, wire-fp16\n"
       "                          (Options::wire_dtype, float32 sums), no-skip (skip_all_reduce_unused_params\n"
       "                          off: buckets no rank used are all-reduced too). Like --comm-hook, each DDP mode\n"
-      "                          also runs once per name, as its own mode (ddp+reproducible, ...), in the same run\n"
+      "                          also runs once per name, as its own mode (ddp+reproducible, ...), in the same run;\n"
+      "                          overlap-opt steps the optimizer bucket by bucket during the backward\n"
+      "                          (DistributedDataParallel::overlap_optimizer) instead of after it\n"
+      "  --optimizer NAME        every mode's optimizer: sgd (default, lr 0.01) or adam (lr 1e-3)\n"
       "  --grad-checksum         rank 0 prints a checksum (FNV-1a of the bytes) of every step's gradients, per\n"
       "                          mode: with --reduction reproducible it stays the same across runs with other\n"
       "                          --bucket-cap-mb / --first-bucket-cap-mb / --in-place-min-mb / --grad-as-bucket-view\n"
@@ -172,6 +176,7 @@ Config parse(int argc, char** argv) {
     else if (a == "--comm-hook") c.comm_hooks = split(value());
     else if (a == "--reduction") c.reductions = split(value());
     else if (a == "--grad-checksum") c.grad_checksum = true;
+    else if (a == "--optimizer") c.optimizer = value();
     else if (a == "--powersgd-rank") c.powersgd_rank = std::stoll(value());
     else if (a == "--powersgd-start") c.powersgd_start = std::stoll(value());
     else {
@@ -196,11 +201,16 @@ Config parse(int argc, char** argv) {
     }
   }
   for (const auto& r : c.reductions) {
-    if (r != "reproducible" && r != "wire-bf16" && r != "wire-fp16" && r != "no-skip") {
-      std::fprintf(stderr, "ddp_bench: unknown reduction '%s' (reproducible, wire-bf16, wire-fp16, no-skip)\n",
+    if (r != "reproducible" && r != "wire-bf16" && r != "wire-fp16" && r != "no-skip" && r != "overlap-opt") {
+      std::fprintf(stderr,
+                   "ddp_bench: unknown reduction '%s' (reproducible, wire-bf16, wire-fp16, no-skip, overlap-opt)\n",
                    r.c_str());
       usage(2);
     }
+  }
+  if (c.optimizer != "sgd" && c.optimizer != "adam") {
+    std::fprintf(stderr, "ddp_bench: unknown optimizer '%s' (sgd, adam)\n", c.optimizer.c_str());
+    usage(2);
   }
   if (c.powersgd_rank < 1 || c.powersgd_start < 0) {
     std::fprintf(stderr, "ddp_bench: --powersgd-rank must be >= 1, --powersgd-start >= 0\n");
@@ -223,6 +233,7 @@ bool apply_reduction(const std::string& name, ddp::Options& options) {
   else if (name == "wire-bf16") options.wire_dtype(at::kBFloat16);
   else if (name == "wire-fp16") options.wire_dtype(at::kHalf);
   else if (name == "no-skip") options.skip_all_reduce_unused_params(false);
+  else if (name == "overlap-opt") {} // not an option: the trainer overlaps its optimizer
   else return false;
   return true;
 }
@@ -354,7 +365,12 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
     torch::manual_seed(1);
     auto net = std::make_shared<Holder>();
     (*net)->to(device);
-    auto opt = std::make_shared<torch::optim::SGD>((*net)->parameters(), torch::optim::SGDOptions(0.01));
+    std::shared_ptr<torch::optim::Optimizer> opt;
+    if (cfg.optimizer == "adam") {
+      opt = std::make_shared<torch::optim::Adam>((*net)->parameters(), torch::optim::AdamOptions(1e-3));
+    } else {
+      opt = std::make_shared<torch::optim::SGD>((*net)->parameters(), torch::optim::SGDOptions(0.01));
+    }
     keep.push_back(net);
     keep.push_back(opt);
     Trainer t;
@@ -389,6 +405,18 @@ std::vector<Trainer> make_trainers(const Config& cfg, const std::shared_ptr<ddp:
         keep.push_back(joined);
       }
       const bool checksum = cfg.grad_checksum && pg->rank() == 0;
+      if (hook == "overlap-opt") {
+        // The updates run in the backward, bucket by bucket; step() finishes the rest.
+        auto overlapped = model->overlap_optimizer(opt);
+        t.step = [model, overlapped, input, loss_fn](int i) mutable {
+          overlapped->zero_grad();
+          loss_fn(model(input), i).backward();
+          overlapped->step();
+        };
+        t.reducer = [model] { return &model->reducer(); };
+        trainers.push_back(std::move(t));
+        continue;
+      }
       t.step = [model, opt, input, loss_fn, checksum, label = t.mode](int i) mutable {
         opt->zero_grad();
         loss_fn(model(input), i).backward();
@@ -708,6 +736,7 @@ int main(int argc, char** argv) {
                 pg->size(), pg->backend().c_str(), cfg.device.c_str(), cfg.threads,
                 cfg.threads == 1 ? " (one per rank: set OMP_NUM_THREADS=1 too)" : "");
     std::printf("MPI settings: %s\n", mpi_settings().c_str());
+    std::printf("optimizer: %s\n", cfg.optimizer == "adam" ? "torch::optim::Adam(lr 1e-3)" : "torch::optim::SGD(lr 0.01)");
     std::printf("options: bucket_cap_mb=%s first_bucket_cap_mb=%g in_place_min_mb=%g find_unused_parameters=%d "
                 "gradient_as_bucket_view=%d; %d timed steps per mode in windows of %d, %d warm-up\n",
                 cfg.autotune ? "auto (Options::bucket_cap_autotune)" : fmt::format("{:g}", cfg.bucket_cap_mb).c_str(),

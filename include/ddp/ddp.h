@@ -13,6 +13,7 @@
 #include <ddp/no_sync_guard.h>
 #include <ddp/options.h>
 #include <ddp/output_tensors.h>
+#include <ddp/overlapped_optimizer.h>
 #include <ddp/process_group.h>
 #include <ddp/reducer.h>
 #include <ddp/reducer_stats.h>

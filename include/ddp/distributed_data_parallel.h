@@ -27,6 +27,7 @@
 #include <ddp/no_sync_guard.h>
 #include <ddp/options.h>
 #include <ddp/output_tensors.h>
+#include <ddp/overlapped_optimizer.h>
 #include <ddp/process_group.h>
 #include <ddp/reducer.h>
 
@@ -135,6 +136,14 @@ class DistributedDataParallelImpl : public torch::nn::Module {
   // Replaces each bucket's all-reduce with `hook` (Reducer::register_comm_hook): once,
   // before the first forward, on every rank.
   void register_comm_hook(std::shared_ptr<CommHook> hook) { reducer_->register_comm_hook(std::move(hook)); }
+
+  // Updates each bucket's parameters with `optimizer` as soon as the bucket is reduced,
+  // during the backward (include/ddp/overlapped_optimizer.h): call the returned object's
+  // zero_grad() and step() in the loop instead of the optimizer's. Local, no collective.
+  std::shared_ptr<OverlappedOptimizer> overlap_optimizer(std::shared_ptr<torch::optim::Optimizer> optimizer,
+                                                         OverlapOptions options = {}) {
+    return std::make_shared<OverlappedOptimizer>(*reducer_, std::move(optimizer), std::move(options));
+  }
 
   const std::shared_ptr<Wrapped>& module() const { return module_; }
   Reducer& reducer() { return *reducer_; }

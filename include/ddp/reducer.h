@@ -74,6 +74,21 @@ class Reducer {
   // The registered hook, or null.
   const std::shared_ptr<CommHook>& comm_hook() const;
 
+  // The seam of ddp::OverlappedOptimizer (include/ddp/overlapped_optimizer.h), open to a
+  // trainer of its own. At the end of each synchronised backward `callback` runs on the
+  // thread that finalises it, once per bucket, with the bucket's index and its parameters'
+  // indices (parameters() order), as soon as their averages are in .grad: a bucket whose
+  // every parameter got a gradient on this rank as soon as its collective completes, while
+  // the later buckets are still on the wire; the others once every rank's used flags are
+  // read. It runs only while `owner` lives. It must not throw (keep the error and raise it
+  // later) nor call into the reducer. A step that ends in an error on some rank reports no
+  // further bucket. One callback at a time: InvalidArgumentError while another live owner
+  // holds it, or while ddp::Join is armed (a joined rank shadows steps it does not take).
+  using ReducedCallback = std::function<void(size_t bucket, const std::vector<size_t>& parameters)>;
+  void set_reduced_callback(std::weak_ptr<void> owner, ReducedCallback callback);
+  // The parameters this reducer reduces (the trainable ones), in parameter_names() order.
+  const std::vector<at::Tensor>& parameters() const;
+
   // True when `tensor` is one of the parameters this reducer reduces.
   bool manages(const at::Tensor& tensor) const;
 

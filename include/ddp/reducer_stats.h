@@ -28,6 +28,10 @@ struct ReducerStats {
                                    // included), once chosen
   int64_t deferred_flag_reads = 0; // backward passes that returned without reading the ranks' used
                                    // flags (deferred step check: read once they arrive)
+  int64_t reduced_callback_ns = 0; // total time in the reduced callback (an overlapped optimizer's
+                                   // updates), inside finalize_ns (and inside finalize_wait_ns
+                                   // for the buckets handed over while others are on the wire)
+  int64_t buckets_reported_early = 0; // buckets handed to it as soon as their collective completed
   int64_t step_check_ns = 0;       // total time keeping the ranks in step: section headers (their
                                    // exchange and wait) and the checks that the parameters and
                                    // the module's parameters are unchanged

@@ -26,6 +26,7 @@ class Timeline {
                         // to last end (index = candidate, bytes = its cap, value = the slowest
                         // rank's median backward in ns)
     kAutotuneChoice,    // the cap chosen (instant, at the decision; index = candidate, bytes = cap)
+    kOptimizerStep, // an overlapped optimizer's update of a bucket's parameters (index = bucket)
   };
 
   struct Event {

@@ -99,6 +99,7 @@ void BucketSet::build(const std::vector<size_t>& order) {
     bucket_shapes_.push_back(std::move(shapes));
   }
   next_ = 0;
+  written_.assign(buckets_.size(), 0);
   stats_.buckets = static_cast<int64_t>(buckets_.size());
   stats_.bytes_per_iteration = bytes;
   if (debug_level() >= DebugLevel::kInfo && rank_ == 0) {
@@ -204,11 +205,20 @@ void BucketSet::launch_rest(const std::function<bool(size_t)>& launch) {
 }
 
 void BucketSet::write_back(const std::vector<int64_t>& used_by, bool all_used) {
-  for (size_t i = 0; i < parameters_.size(); ++i) {
+  for (size_t b = 0; b < buckets_.size(); ++b) write_back_bucket(b, used_by, all_used);
+}
+
+void BucketSet::write_back_bucket(size_t b, const std::vector<int64_t>& used_by, bool all_used) {
+  if (written_.size() != buckets_.size()) written_.assign(buckets_.size(), 0);
+  if (written_[b]) return;
+  written_[b] = 1;
+  const Bucket& bucket = *buckets_[b];
+  if (bucket.in_place()) return; // .grad holds the average already
+  const auto& members = bucket.members();
+  for (size_t position = 0; position < members.size(); ++position) {
+    const size_t i = members[position];
     if (!all_used && used_by[i] == 0) continue;
-    const Slot& s = slots_[i];
-    if (buckets_[s.bucket]->in_place()) continue; // .grad holds the average already
-    const at::Tensor& slot_view = buckets_[s.bucket]->view(s.position);
+    const at::Tensor& slot_view = bucket.view(position);
     at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
     if (options_.gradient_as_bucket_view()) {
       if (!grad.defined() || !grad.is_alias_of(slot_view)) grad = slot_view;
@@ -235,6 +245,7 @@ void BucketSet::divide_before_reduction() {
 
 void BucketSet::reset() {
   for (auto& b : buckets_) b->reset();
+  written_.assign(buckets_.size(), 0);
   next_ = 0;
 }
 

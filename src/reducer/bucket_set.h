@@ -100,7 +100,11 @@ class BucketSet {
 
   // Writes the averages into .grad: every parameter when `all_used`, else those some
   // rank used (used_by > 0); a parameter no rank used keeps its .grad untouched.
+  // Buckets already written this step (write_back_bucket) are not written again.
   void write_back(const std::vector<int64_t>& used_by, bool all_used);
+  // The same for bucket b alone, as soon as its collective completed (an overlapped
+  // optimizer updates its parameters while later buckets are still reduced).
+  void write_back_bucket(size_t b, const std::vector<int64_t>& used_by, bool all_used);
 
   // Sets the number of ranks averaged over: the pre-division of the gradients to
   // 1 / divisor, or, for ordered sums, the division after the sum.
@@ -140,6 +144,7 @@ class BucketSet {
   std::vector<std::shared_ptr<const std::vector<std::string>>> bucket_names_;
   std::vector<std::shared_ptr<const std::vector<std::vector<int64_t>>>> bucket_shapes_;
   size_t next_ = 0; // the next bucket to launch
+  std::vector<char> written_; // per bucket: written back this step
   const ReductionPrecision precision_;
   // Ordered sums divide after the sum (Options::reproducible's promise), so the copies
   // into the buckets do not scale.

@@ -74,7 +74,7 @@ void Reducer::Impl::finalize() {
     hook_runner_.record_timeline(timeline, iteration); // its futures are complete: the ends are known
     lock.unlock();
   }
-  if (!failure) failure = wait_for_section(iteration, read_later);
+  if (!failure) failure = wait_for_section(iteration, read_later, local_used);
   const auto wait_end = Clock::now();
 
   lock.lock();
@@ -96,6 +96,13 @@ void Reducer::Impl::finalize() {
   const bool all_ok = read_used_by(local_used, read_later);
   // A parameter no rank used keeps its .grad untouched.
   if (all_ok) buckets_.write_back(unused_.used_by(), /*all_used=*/read_later);
+  // The buckets not handed over while the others were on the wire: one that some
+  // parameter got no gradient on this rank waited for every rank's used flags.
+  if (all_ok && reduced_callback_) {
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      if (!reported_[b]) report_reduced(b, iteration);
+    }
+  }
   if (options.static_graph() && !static_graph_.learned) {
     static_graph_.local_used = local_used;
     static_graph_.used_by = unused_.used_by();
@@ -203,8 +210,10 @@ void Reducer::Impl::issue_flags(const std::vector<char>& local_used, bool read_l
   }
 }
 
-std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_later) {
+std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_later,
+                                                   const std::vector<char>& local_used) {
   const bool on_stream = process_group->device().is_cuda();
+  reported_.assign(buckets_.size(), 0);
   try {
     for (size_t b = 0; b < buckets_.size() && !hook_runner_.active(); ++b) {
       if (!buckets_.bucket(b).work()) continue; // skipped: no rank used it (BucketSkip)
@@ -220,6 +229,13 @@ std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_
         timeline.record(Timeline::Kind::kCollective, static_cast<int64_t>(b), iteration, work.start_time(),
                         work.end_time(), static_cast<int64_t>(buckets_.bucket(b).bytes()),
                         buckets_.precision().ordered() ? "allreduce_ordered" : "allreduce");
+      }
+      // Its averages are final: an overlapped optimizer updates its parameters while the
+      // later buckets are still reduced (on a GPU, on the stream, after the collective).
+      if (reports_early(b, local_used)) {
+        buckets_.write_back_bucket(b, unused_.used_by(), /*all_used=*/true);
+        report_reduced(b, iteration);
+        stats.buckets_reported_early += 1;
       }
     }
     const auto& flags = status_row_.work();
@@ -423,6 +439,26 @@ std::string Reducer::Impl::describe_failures(const std::vector<uint8_t>& statuse
   return StatusRow::describe_failures(statuses, rows, parameters.size(), hook_runner_.name(), [this](int32_t b) {
     return static_cast<size_t>(b) < buckets_.size() ? buckets_.members_text(static_cast<size_t>(b)) : std::string();
   });
+}
+
+bool Reducer::Impl::reports_early(size_t b, const std::vector<char>& local_used) const {
+  // This rank's own error zeroed a slot: the step ends in an error on every rank.
+  if (!reduced_callback_ || reduced_owner_.expired() || !pending_error_.empty()) return false;
+  for (size_t i : buckets_.bucket(b).members()) {
+    if (!local_used[i]) return false; // whether some rank used it is known only from the flags
+  }
+  return true;
+}
+
+void Reducer::Impl::report_reduced(size_t b, int64_t iteration) {
+  reported_[b] = 1;
+  const auto owner = reduced_owner_.lock();
+  if (!owner) return;
+  const auto start = Clock::now();
+  reduced_callback_(b, buckets_.bucket(b).members());
+  const auto end = Clock::now();
+  stats.reduced_callback_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count();
+  timeline.record(Timeline::Kind::kOptimizerStep, static_cast<int64_t>(b), iteration, start, end);
 }
 
 } // namespace ddp

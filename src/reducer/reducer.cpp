@@ -54,6 +54,10 @@ std::vector<std::string> Reducer::locally_unused_parameters() const { return imp
 std::vector<std::vector<std::string>> Reducer::bucket_layout() const { return impl_->bucket_layout(); }
 std::vector<int64_t> Reducer::bucket_bytes() const { return impl_->bucket_bytes(); }
 const std::vector<std::string>& Reducer::parameter_names() const { return impl_->names; }
+const std::vector<at::Tensor>& Reducer::parameters() const { return impl_->parameters; }
+void Reducer::set_reduced_callback(std::weak_ptr<void> owner, ReducedCallback callback) {
+  impl_->set_reduced_callback(std::move(owner), std::move(callback));
+}
 const ReducerStats& Reducer::stats() const { return impl_->stats; }
 const Timeline& Reducer::timeline() const { return impl_->timeline; }
 void Reducer::set_timeline_enabled(bool enabled) { impl_->timeline.set_enabled(enabled); }

@@ -233,7 +233,36 @@ void Reducer::Impl::prepare_for_forward() {
 void Reducer::Impl::arm_join(bool throw_on_early_termination, bool divide_by_initial_world_size) {
   std::lock_guard<std::mutex> lock(mutex_);
   step_check_.throw_if_broken();
+  if (!reduced_owner_.expired()) {
+    throw InvalidArgumentError(fmt::format(
+        "{} ddp::Join with an overlapped optimizer (ddp::OverlappedOptimizer): a joined rank shadows the "
+        "active ranks' collectives but takes no step of its own, so its parameters would drift from theirs; "
+        "step a plain torch::optim optimizer after backward() while Join is in use",
+        rank_prefix()));
+  }
   join_.arm(throw_on_early_termination, divide_by_initial_world_size);
+}
+
+void Reducer::Impl::set_reduced_callback(std::weak_ptr<void> owner, ReducedCallback callback) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (callback && !reduced_owner_.expired()) {
+    throw InvalidArgumentError(fmt::format(
+        "{} this model already has an overlapped optimizer: attach one optimizer per model (give it several "
+        "parameter groups) or destroy the first OverlappedOptimizer before attaching another",
+        rank_prefix()));
+  }
+  if (callback && join_.armed()) {
+    throw InvalidArgumentError(fmt::format(
+        "{} an overlapped optimizer attached while ddp::Join is armed: a joined rank takes no step of its own; "
+        "attach it outside the Join scope, or step a plain torch::optim optimizer after backward()",
+        rank_prefix()));
+  }
+  if (phase_ == Phase::kBackward) {
+    throw InvalidArgumentError(
+        fmt::format("{} the reduced callback changed during a backward pass; change it between steps", rank_prefix()));
+  }
+  reduced_owner_ = callback ? std::move(owner) : std::weak_ptr<void>();
+  reduced_callback_ = std::move(callback);
 }
 
 void Reducer::Impl::disarm_join() {

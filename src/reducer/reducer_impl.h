@@ -70,6 +70,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void register_comm_hook(std::shared_ptr<CommHook> hook);
   const std::shared_ptr<CommHook>& comm_hook() const { return hook_runner_.hook(); }
   bool manages(const at::Tensor& tensor) const { return snapshot_.contains(tensor); }
+  // Reducer::set_reduced_callback.
+  void set_reduced_callback(std::weak_ptr<void> owner, ReducedCallback callback);
 
   // Autograd callbacks.
   void on_gradient_ready(size_t index);
@@ -158,7 +160,12 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Issues the used-flags and status exchange of the backward that ends.
   void issue_flags(const std::vector<char>& local_used, bool read_later);
   // Waits for the section's collectives (without the lock); returns the failure.
-  std::exception_ptr wait_for_section(int64_t iteration, bool read_later);
+  // With a reduced callback, each bucket whose parameters all got a gradient here
+  // (`local_used`) is written back and reported as soon as its collective completes.
+  std::exception_ptr wait_for_section(int64_t iteration, bool read_later, const std::vector<char>& local_used);
+  // Writes bucket b back (if not yet) and hands it to the reduced callback, timed.
+  void report_reduced(size_t b, int64_t iteration);
+  bool reports_early(size_t b, const std::vector<char>& local_used) const;
   // Reads the ranks' used counts and statuses; true when every rank's status is kOk.
   bool read_used_by(const std::vector<char>& local_used, bool read_later);
   // Iteration 0: every rank takes rank 0's ready order for the rebuild.
@@ -211,6 +218,10 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   bool extra_backward_ = false;      // a backward reached our outputs after they were reduced
   bool check_due_ = true;            // a parameter lost its gradient: re-check at the next forward
   Clock::time_point origin_ = Clock::now();
+  // Reducer::set_reduced_callback; `reported_` marks the buckets handed to it this step.
+  std::weak_ptr<void> reduced_owner_;
+  ReducedCallback reduced_callback_;
+  std::vector<char> reported_;
   // Last: destroyed first, so no hook fires into a half-destroyed Impl.
   detail::GradientHooks gradient_hooks_;
 };

@@ -21,6 +21,7 @@ const char* Timeline::kind_name(Kind kind) {
     case Kind::kHookCollective: return "hook_collective";
     case Kind::kAutotuneCandidate: return "autotune_candidate";
     case Kind::kAutotuneChoice: return "autotune_choice";
+    case Kind::kOptimizerStep: return "optimizer_step";
   }
   return "unknown";
 }
@@ -84,7 +85,7 @@ void Timeline::write_chrome_trace(const std::string& path, int rank, const std::
       name = e.index >= 0 && static_cast<size_t>(e.index) < parameter_names.size()
                  ? "hook " + escape(parameter_names[e.index])
                  : fmt::format("hook #{}", e.index);
-    } else if (e.kind == Kind::kBucketReady || e.kind == Kind::kCollective) {
+    } else if (e.kind == Kind::kBucketReady || e.kind == Kind::kCollective || e.kind == Kind::kOptimizerStep) {
       name = fmt::format("{} bucket {}", kind_name(e.kind), e.index);
     } else if (e.kind == Kind::kHookCollective) {
       name = fmt::format("{} bucket {}", e.op ? e.op : "collective", e.index);
