@@ -23,6 +23,10 @@ struct ReducerStats {
   int64_t bucket_rebuilds = 0;     // 0 or 1
   int64_t deferred_flag_reads = 0; // backward passes that returned without reading the ranks' used
                                    // flags (deferred step check: read once they arrive)
+  int64_t late_gradients = 0;      // hook runs after their parameter's bucket was launched (a
+                                   // hook that runs more than once per backward), all iterations
+  int64_t follow_up_collectives = 0; // all-reduces of those late contributions after the buckets,
+                                     // all iterations (docs/semantics.md, "more than once")
   int64_t step_check_ns = 0;       // total time keeping the ranks in step: section headers (their
                                    // exchange and wait) and the checks that the parameters and
                                    // the module's parameters are unchanged
