@@ -32,6 +32,10 @@ struct ReducerStats {
                                    // updates), inside finalize_ns (and inside finalize_wait_ns
                                    // for the buckets handed over while others are on the wire)
   int64_t buckets_reported_early = 0; // buckets handed to it as soon as their collective completed
+  int64_t late_gradients = 0;      // hook runs after their parameter's bucket was launched (a
+                                   // hook that runs more than once per backward), all iterations
+  int64_t follow_up_collectives = 0; // all-reduces of those late contributions after the buckets,
+                                     // all iterations (docs/semantics.md, "more than once")
   int64_t step_check_ns = 0;       // total time keeping the ranks in step: section headers (their
                                    // exchange and wait) and the checks that the parameters and
                                    // the module's parameters are unchanged

@@ -4,6 +4,8 @@
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 
+#include <utility>
+
 #include "bucket/bucket_assignment.h"
 #include "bucket/slot_copy.h"
 #include "common/logging.h"
@@ -179,6 +181,26 @@ std::optional<std::string> BucketSet::copy_gradient(size_t index) {
   return std::nullopt;
 }
 
+std::optional<std::string> BucketSet::add_again(size_t index, const at::Tensor& incoming) {
+  if (!incoming.defined()) return std::nullopt;
+  Bucket& bucket = *buckets_[slots_[index].bucket];
+  const at::Tensor& storage = bucket.in_place() ? bucket.comm_tensor() : view(index);
+  if (incoming.is_sparse() || incoming.scalar_type() != storage.scalar_type() ||
+      incoming.device() != storage.device() || incoming.sizes() != storage.sizes()) {
+    return fmt::format("[ddp rank {}] parameter '{}' got a gradient of {} {} on {} but the parameter is {} {} on {}; "
+                       "libddp reduces dense gradients of the parameter's own shape, dtype and device",
+                       rank_, names_[index], incoming.is_sparse() ? "sparse" : "dense",
+                       c10::toString(incoming.scalar_type()), incoming.device().str(),
+                       c10::toString(storage.scalar_type()), c10::str(storage.sizes()), storage.device().str());
+  }
+  const at::Tensor& grad = parameters_[index].grad();
+  // The accumulator added `incoming` into .grad in place when .grad is the storage.
+  const bool added = grad.defined() && grad.is_alias_of(storage);
+  const double alpha = scale_value_ - (added ? 1.0 : 0.0);
+  if (alpha != 0.0) const_cast<at::Tensor&>(storage).add_(incoming, alpha);
+  return std::nullopt;
+}
+
 std::optional<std::string> BucketSet::fill_without_hook(size_t index, bool used_locally) {
   std::optional<std::string> error;
   if (used_locally && parameters_[index].grad().defined()) {
@@ -190,8 +212,24 @@ std::optional<std::string> BucketSet::fill_without_hook(size_t index, bool used_
   return error;
 }
 
+void BucketSet::detach_grads(size_t b) {
+  Bucket& bucket = *buckets_[b];
+  const at::Tensor& storage = bucket.comm_tensor();
+  for (size_t i : bucket.members()) {
+    if (settled_ != nullptr && (*settled_)[i]) continue; // its runs are known: none comes after the launch
+    at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
+    if (grad.defined() && grad.is_alias_of(storage)) detached_.emplace_back(i, std::exchange(grad, at::Tensor()));
+  }
+}
+
+void BucketSet::reattach_grads() {
+  for (auto& [i, tensor] : detached_) const_cast<at::Tensor&>(parameters_[i]).mutable_grad() = std::move(tensor);
+  detached_.clear();
+}
+
 void BucketSet::launch_ready(const std::function<bool(size_t)>& launch) {
   while (next_ready()) {
+    detach_grads(next_);
     if (launch(next_)) stats_.collectives += 1;
     ++next_;
   }
@@ -205,6 +243,7 @@ void BucketSet::launch_rest(const std::function<bool(size_t)>& launch) {
 }
 
 void BucketSet::write_back(const std::vector<int64_t>& used_by, bool all_used) {
+  reattach_grads();
   for (size_t b = 0; b < buckets_.size(); ++b) write_back_bucket(b, used_by, all_used);
 }
 
@@ -244,6 +283,7 @@ void BucketSet::divide_before_reduction() {
 }
 
 void BucketSet::reset() {
+  reattach_grads();
   for (auto& b : buckets_) b->reset();
   written_.assign(buckets_.size(), 0);
   next_ = 0;

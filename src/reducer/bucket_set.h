@@ -87,6 +87,15 @@ class BucketSet {
   std::optional<std::string> fill_without_hook(size_t index, bool used_locally);
   // Marks parameter `index`'s slot filled; true when that completed its bucket.
   bool mark_ready(size_t index) { return buckets_[slots_[index].bucket]->mark_slot_ready(); }
+  // Another run of parameter `index`'s hook before its bucket launched (MultiFire): adds
+  // the run's `incoming` gradient to what the slot (or the gradient reduced in place)
+  // holds, pre-divided like the first. Where .grad is that storage the accumulator has
+  // already added it undivided, so only the difference is added.
+  std::optional<std::string> add_again(size_t index, const at::Tensor& incoming);
+  // Parameter `index`'s bucket is launched: a contribution now is late (MultiFire).
+  bool launched(size_t index) const { return slots_[index].bucket < next_; }
+  // What the slots are multiplied by before the reduction (1 / divisor, or 1).
+  double scale() const { return scale_value_; }
 
   // The next bucket to launch is ready.
   bool next_ready() const { return next_ < buckets_.size() && buckets_[next_]->ready(); }
@@ -119,7 +128,8 @@ class BucketSet {
   // Gradients of at least this size are reduced in place in .grad (0: never).
   size_t in_place_min_bytes() const;
 
-  // Per-iteration state: every bucket empty, nothing launched.
+  // Per-iteration state: every bucket empty, nothing launched; a .grad detached at a
+  // launch is given back.
   void reset();
 
   std::vector<std::vector<std::string>> layout() const;
@@ -130,6 +140,19 @@ class BucketSet {
   // and bucket_cap_mb), or one bucket per kind before the rebuild with
   // first_iteration_one_bucket.
   BucketCaps caps() const;
+  // At bucket b's launch, a .grad that is the storage being reduced (a bucket view, a
+  // gradient reduced in place) is taken off its parameter until the write-back, so that a
+  // late run of the accumulator (MultiFire) writes a new .grad, not into a collective in
+  // flight.
+  void detach_grads(size_t b);
+
+ public:
+  // Gives back the .grad detached at the launches (the write-back and reset() do it).
+  void reattach_grads();
+  // Parameters whose runs per backward are known (MultiFire::settled): not detached.
+  void set_settled(const std::vector<char>* settled) { settled_ = settled; }
+
+ private:
 
   const std::vector<at::Tensor>& parameters_;
   const std::vector<std::string>& names_;
@@ -158,6 +181,8 @@ class BucketSet {
   bool rebuilt_ = false;
   bool rebuild_due_ = false;
   double bucket_cap_mb_; // Options::bucket_cap_mb, or autotune's candidate or choice
+  const std::vector<char>* settled_ = nullptr;
+  std::vector<std::pair<size_t, at::Tensor>> detached_; // (parameter, its .grad) until the write-back
 };
 
 } // namespace ddp::detail

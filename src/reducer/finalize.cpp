@@ -5,6 +5,8 @@
 //   flags            the used flags and this rank's status, to every rank
 //   wait             (lock released) the hook's futures, the buckets, the flags
 //   read             how many ranks used each parameter, and every rank's status
+//   late             contributions of hooks that ran after their bucket launched: one
+//                    follow-up all-reduce per such parameter, on every rank
 //   write back       the averages into .grad, where some rank used the parameter
 //   learn            iteration 0: static graph, and rank 0's ready order for the rebuild
 //   tune             Options::bucket_cap_autotune: time this backward, next candidate, or the choice
@@ -36,6 +38,7 @@ void Reducer::Impl::finalize() {
   verify_reduction_header();
   const int64_t iteration = iteration_;
   sweep_unmarked();
+  check_late_runs(iteration);
   check_lost_gradients();
   // This backward's use becomes the reported one; the marks start over.
   std::vector<char>& local_used = unused_.local_used();
@@ -94,11 +97,32 @@ void Reducer::Impl::finalize() {
     std::rethrow_exception(failure);
   }
   const bool all_ok = read_used_by(local_used, read_later);
+  // Every rank read the same rows: the same late parameters, the same follow-ups.
+  if (all_ok && follow_up_allowed(iteration)) {
+    late_anywhere_ = world_size_ > 1 ? detail::MultiFire::decode_late(status_row_.host_rows(), parameters.size(),
+                                                                      world_size_, parameters.size() +
+                                                                                       StatusRow::kStatusBytes,
+                                                                      marks_.late)
+                                     : multi_fire_.any_late();
+    if (world_size_ == 1) {
+      for (size_t i = 0; i < parameters.size(); ++i) marks_.late[i] = multi_fire_.late_here(i);
+    }
+    if (late_anywhere_) {
+      if (auto late_failure = reduce_late(lock)) {
+        recovery_.set_cause("a follow-up all-reduce of late gradients failed");
+        std::rethrow_exception(late_failure);
+      }
+    }
+  }
   // A parameter no rank used keeps its .grad untouched.
   if (all_ok) buckets_.write_back(unused_.used_by(), /*all_used=*/read_later);
-  // The buckets not handed over while the others were on the wire: one that some
-  // parameter got no gradient on this rank waited for every rank's used flags.
+  if (all_ok && late_anywhere_) add_late_averages();
+  multi_fire_.learn();
+  // The buckets not handed over while the others were on the wire (one that some
+  // parameter got no gradient on this rank waited for every rank's used flags), after
+  // the late contributions were added.
   if (all_ok && reduced_callback_) {
+    check_reported_late();
     for (size_t b = 0; b < buckets_.size(); ++b) {
       if (!reported_[b]) report_reduced(b, iteration);
     }
@@ -133,12 +157,83 @@ void Reducer::Impl::finalize() {
 }
 
 void Reducer::Impl::sweep_unmarked() {
-  // Whatever got no gradient contributes zeros (or its no_sync accumulation).
+  // Whatever got no gradient contributes zeros (or its no_sync accumulation); a slot
+  // waiting for more runs of its hook than came (MultiFire) is complete as it is.
   for (size_t i = 0; i < parameters.size(); ++i) {
-    if (!marks_.marked[i]) mark_without_hook(i);
+    if (marks_.marked[i]) continue;
+    if (multi_fire_.runs(i) > 0) {
+      marks_.marked[i] = 1;
+      buckets_.mark_ready(i);
+    } else {
+      mark_without_hook(i);
+    }
   }
   launch_ready_buckets();
   DDP_CHECK_EQ(buckets_.launched(), buckets_.size());
+}
+
+bool Reducer::Impl::follow_up_allowed(int64_t iteration) const {
+  // Strict: every rank reads the rows now. Deferred: only in the first iteration (a rank
+  // that used every parameter reads them later after it), so a late run after it is an
+  // error (check_late_runs).
+  return !step_check_.deferred() || world_size_ == 1 || iteration == 0;
+}
+
+void Reducer::Impl::check_late_runs(int64_t iteration) {
+  if (!multi_fire_.any_late() || follow_up_allowed(iteration)) return;
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    if (!multi_fire_.late_here(i)) continue;
+    record_error(fmt::format(
+        "{} parameter '{}' received a gradient {} times in iteration {}, more than in the iterations before, and the "
+        "last one came after its bucket was reduced. With the deferred step check (the default on a CUDA process "
+        "group) such a late gradient is reduced only in the first iteration, when every rank reads the others' "
+        "flags; afterwards the counts must stay as learned. Set Options::step_check to strict (DDP_STEP_CHECK=strict) "
+        "for models whose counts vary.",
+        rank_prefix(), names[i], multi_fire_.runs(i), iteration));
+    return;
+  }
+}
+
+std::exception_ptr Reducer::Impl::reduce_late(std::unique_lock<std::mutex>& lock) {
+  // One all-reduce per late parameter, in index order on every rank; a rank without a late
+  // contribution sends zeros. Pre-divided like the slots (or divided by the ordered sum).
+  std::vector<std::shared_ptr<Work>> works;
+  const bool ordered = buckets_.precision().ordered();
+  std::exception_ptr failure;
+  std::vector<size_t> late;
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    if (marks_.late[i]) late.push_back(i);
+  }
+  if (world_size_ > 1) {
+    lock.unlock(); // a collective never runs under the lock; no hook fires now
+    try {
+      for (size_t i : late) {
+        at::Tensor& t = multi_fire_.late_tensor(i, buckets_.view(i));
+        works.push_back(ordered ? process_group->allreduce_ordered(t, buckets_.ordered_reduce(buckets_.slot(i).bucket))
+                                : process_group->allreduce(t));
+      }
+      for (auto& w : works) w->wait(options.timeout());
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    lock.lock();
+  }
+  stats.collectives += static_cast<int64_t>(works.size());
+  stats.follow_up_collectives += static_cast<int64_t>(works.size());
+  return failure;
+}
+
+void Reducer::Impl::add_late_averages() {
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    if (!marks_.late[i]) continue;
+    at::Tensor& grad = const_cast<at::Tensor&>(parameters[i]).mutable_grad();
+    const at::Tensor& average = multi_fire_.late_tensor(i, buckets_.view(i));
+    if (grad.defined()) {
+      grad.add_(average);
+    } else {
+      grad = average.clone();
+    }
+  }
 }
 
 void Reducer::Impl::check_lost_gradients() {
@@ -205,7 +300,9 @@ void Reducer::Impl::issue_flags(const std::vector<char>& local_used, bool read_l
     const uint8_t status = pending_error_.empty()                ? StatusRow::kOk
                            : hook_runner_.failed_bucket() >= 0 ? StatusRow::kHookError
                                                                : StatusRow::kLocalError;
-    status_row_.issue(local_used, status, hook_runner_.failed_bucket());
+    // Each parameter's byte: used, late, and its hook's runs (MultiFire::encode).
+    multi_fire_.encode_row(local_used, marks_.row);
+    status_row_.issue(marks_.row, status, hook_runner_.failed_bucket());
     stats.collectives += 1;
   }
 }
@@ -446,8 +543,30 @@ bool Reducer::Impl::reports_early(size_t b, const std::vector<char>& local_used)
   if (!reduced_callback_ || reduced_owner_.expired() || !pending_error_.empty()) return false;
   for (size_t i : buckets_.bucket(b).members()) {
     if (!local_used[i]) return false; // whether some rank used it is known only from the flags
+    // Runs per backward not known yet (its .grad may be detached until the write-back), or
+    // a late run here: a follow-up all-reduce adds to this average after the flags.
+    if (!multi_fire_.settled()[i] || multi_fire_.late_here(i)) return false;
   }
   return true;
+}
+
+void Reducer::Impl::check_reported_late() {
+  // A late run on another rank, of a parameter whose runs were learned, after this rank's
+  // bucket was handed over: the update used the average without the late part.
+  if (!late_anywhere_ || !pending_error_.empty()) return;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    if (!reported_[b]) continue;
+    for (size_t i : buckets_.bucket(b).members()) {
+      if (!marks_.late[i]) continue;
+      pending_error_ = fmt::format(
+          "{} parameter '{}' received a gradient after its bucket was reduced (its hook ran more times than in the "
+          "iterations before, on some rank), but the overlapped optimizer had already updated it from the bucket's "
+          "average: its update in this step misses the late part. Keep the number of times each parameter's hook "
+          "runs per backward the same from step to step, or step a plain torch::optim optimizer after backward()",
+          rank_prefix(), names[i]);
+      return;
+    }
+  }
 }
 
 void Reducer::Impl::report_reduced(size_t b, int64_t iteration) {

@@ -15,15 +15,17 @@ void GradientHooks::remove() {
 }
 
 void GradientHooks::install(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
-                            std::function<void(size_t)> on_ready) {
-  auto shared = std::make_shared<std::function<void(size_t)>>(std::move(on_ready));
+                            OnReady on_ready) {
+  auto shared = std::make_shared<OnReady>(std::move(on_ready));
   std::vector<torch::autograd::Node*> nodes;
   for (size_t i = 0; i < parameters.size(); ++i) {
     auto accumulator = torch::autograd::impl::grad_accumulator(parameters[i]);
     DDP_CHECK(accumulator != nullptr, "parameter '{}' has no gradient accumulator", names[i]);
     keys_.push_back(accumulator->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
-        [shared, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
-          (*shared)(i);
+        [shared, i](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list& inputs) {
+          // The accumulator's one input: the gradient this run added.
+          static const at::Tensor kNone;
+          (*shared)(i, inputs.empty() ? kNone : inputs[0]);
           return outputs;
         })));
     nodes.push_back(accumulator.get());

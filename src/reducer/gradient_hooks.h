@@ -24,10 +24,13 @@ class GradientHooks {
   GradientHooks(const GradientHooks&) = delete;
   GradientHooks& operator=(const GradientHooks&) = delete;
 
-  // Hooks every parameter: `on_ready(i)` runs when parameter i's gradient is accumulated.
-  // `on_ready` must stay valid until this object is destroyed.
-  void install(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
-               std::function<void(size_t)> on_ready);
+  // Runs after parameter i's accumulator added `incoming` (this run's gradient, undefined
+  // when none arrived) into its .grad. It can run more than once per backward: one run per
+  // graph task that reaches the accumulator (a reentrant backward is a graph task of its
+  // own), so `incoming` is what a later run adds to the earlier ones.
+  using OnReady = std::function<void(size_t i, const at::Tensor& incoming)>;
+  // Hooks every parameter. `on_ready` must stay valid until this object is destroyed.
+  void install(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names, OnReady on_ready);
   // Marks in `reachable` (one flag per parameter) the parameters reachable from `outputs`;
   // returns the number of autograd nodes visited.
   size_t walk(const std::vector<at::Tensor>& outputs, std::vector<char>& reachable);

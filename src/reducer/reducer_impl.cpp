@@ -9,6 +9,7 @@
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/graph_task.h>
 
 #include <algorithm>
 
@@ -39,6 +40,23 @@ class BackwardStartHook : public torch::autograd::FunctionPreHook {
 
  private:
   std::weak_ptr<Reducer::Impl> reducer_;
+};
+
+// Put on the next nodes of the enclosing graph task's node when a nested (reentrant)
+// backward ended inside it and no end-of-backward callback is queued on the enclosing
+// task yet: the first of them to run queues it there. Inert after that iteration.
+class RequeueFinalizeHook : public torch::autograd::FunctionPreHook {
+ public:
+  RequeueFinalizeHook(std::weak_ptr<Reducer::Impl> reducer, int64_t iteration)
+      : reducer_(std::move(reducer)), iteration_(iteration) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    if (auto reducer = reducer_.lock()) reducer->requeue_finalize(iteration_);
+    return grads;
+  }
+
+ private:
+  std::weak_ptr<Reducer::Impl> reducer_;
+  const int64_t iteration_;
 };
 
 std::string timeline_path_for(const std::string& path, int rank) {
@@ -90,13 +108,17 @@ Reducer::Impl::Impl(detail::ConstructionCheck::Result checked, std::shared_ptr<P
       hook_runner_(process_group, rank_, process_group->device().is_cuda(), options.timeout()),
       recovery_({step_check_, buckets_, hook_runner_, status_row_, stats}, rank_, world_size_, options.timeout()),
       unused_(names, rank_, world_size_),
-      autotune_(options.bucket_cap_autotune()) {
+      autotune_(options.bucket_cap_autotune()),
+      multi_fire_(parameters.size()) {
   const size_t n = parameters.size();
   marks_.marked.assign(n, 0);
   marks_.marked_early.assign(n, 0);
   marks_.local_used.assign(n, 0);
   marks_.reachable.assign(n, 0);
   marks_.unused.assign(n, 0);
+  marks_.row.assign(n, 0);
+  marks_.late.assign(n, 0);
+  buckets_.set_settled(&multi_fire_.settled());
   step_check_.set_flags_reader([this](const StepCheck::PendingRead& read) { check_flags(read); });
   buckets_.build(detail::reverse_order(n));
 }
@@ -156,7 +178,7 @@ Reducer::Impl::~Impl() {
 
 void Reducer::Impl::register_hooks() {
   // Raw `this` is safe: the destructor removes the hooks before the Impl goes away.
-  gradient_hooks_.install(parameters, names, [this](size_t i) { on_gradient_ready(i); });
+  gradient_hooks_.install(parameters, names, [this](size_t i, const at::Tensor& incoming) { on_gradient_ready(i, incoming); });
   detail::ParameterRegistry::claim(parameters, this);
 }
 
@@ -175,7 +197,10 @@ void Reducer::Impl::reset_iteration() {
   buckets_.reset();
   skip_.reset();
   hook_runner_.reset(buckets_.size());
-  finalize_queued_ = false;
+  finalize_tasks_.clear();
+  last_task_ = kNoTask;
+  multi_fire_.reset();
+  late_anywhere_ = false;
   pending_error_.clear();
   step_check_.reset_section();
   status_row_.work().reset();
@@ -470,12 +495,50 @@ void Reducer::Impl::prepare_for_backward(const std::vector<at::Tensor>& outputs)
 }
 
 void Reducer::Impl::queue_finalize() {
-  if (finalize_queued_) return;
-  finalize_queued_ = true;
+  // A callback on every graph task a hook runs in: a reentrant backward inside this one is
+  // a graph task of its own, which ends first (on_graph_task_end tells them apart).
+  const int task = torch::autograd::get_current_graph_task_id();
+  if (task == last_task_) return;
+  last_task_ = task;
+  if (std::find(finalize_tasks_.begin(), finalize_tasks_.end(), task) != finalize_tasks_.end()) return;
+  finalize_tasks_.push_back(task);
   std::weak_ptr<Impl> self = weak_from_this();
-  torch::autograd::Engine::get_default_engine().queue_callback([self] {
-    if (auto impl = self.lock()) impl->finalize();
+  torch::autograd::Engine::get_default_engine().queue_callback([self, task] {
+    if (auto impl = self.lock()) impl->on_graph_task_end(task);
   });
+}
+
+void Reducer::Impl::on_graph_task_end(int task) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (phase_ != Phase::kBackward) return; // stale, or finalized by the outermost task already
+    finalize_tasks_.erase(std::remove(finalize_tasks_.begin(), finalize_tasks_.end(), task), finalize_tasks_.end());
+    last_task_ = kNoTask;
+    // A graph task's final callbacks run after its last node, outside any node of its own:
+    // a node still evaluating on this thread is the enclosing task's, whose node called
+    // this backward. The reduction ends with the outermost task.
+    if (const auto enclosing = torch::autograd::get_current_node()) {
+      if (!finalize_tasks_.empty()) return; // the enclosing task's callback finalizes
+      // None queued there yet (every hook so far ran in nested tasks): the enclosing node's
+      // next nodes run in the enclosing task, and the first of them queues it.
+      bool requeued = false;
+      for (const auto& edge : enclosing->next_edges()) {
+        if (!edge.function) continue;
+        edge.function->add_pre_hook(std::make_unique<RequeueFinalizeHook>(weak_from_this(), iteration_));
+        requeued = true;
+      }
+      if (requeued) return;
+      // Nothing of the enclosing task is known to run after this: finalize now, as a
+      // backward without nesting would.
+    }
+  }
+  finalize();
+}
+
+void Reducer::Impl::requeue_finalize(int64_t iteration) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (phase_ != Phase::kBackward || iteration != iteration_ || !finalize_tasks_.empty()) return;
+  queue_finalize();
 }
 
 void Reducer::Impl::begin_backward(Clock::time_point start, bool queue) {
@@ -518,12 +581,15 @@ void Reducer::Impl::verify_reduction_header() {
 void Reducer::Impl::on_backward_start() {
   std::lock_guard<std::mutex> lock(mutex_);
   if (phase_ == Phase::kFinalized) extra_backward_ = true;
+  // Hooks already ran, in a nested backward that started before the outputs were reached:
+  // this (enclosing) graph task gets the end-of-backward callback too.
+  if (phase_ == Phase::kBackward) queue_finalize();
   if (phase_ != Phase::kArmed) return;
   begin_backward(Clock::now());
   launch_ready_buckets();
 }
 
-void Reducer::Impl::on_gradient_ready(size_t index) {
+void Reducer::Impl::on_gradient_ready(size_t index, const at::Tensor& incoming) {
   const auto start = Clock::now();
   std::lock_guard<std::mutex> lock(mutex_);
   switch (phase_) {
@@ -542,11 +608,11 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
     case Phase::kFinalized:
       if (extra_backward_) {
         throw ReductionError(fmt::format(
-            "{} parameter '{}' received a gradient after the reduction of training step {} finished, from a "
-            "backward that reached that step's outputs again: a second backward() after one forward, or a nested "
-            "(reentrant) backward inside this one, as in reentrant activation checkpointing, that ended the "
-            "reduction early. Sum the losses and call backward() once, run the earlier backward passes under "
-            "no_sync() so that only the last one reduces, or use non-reentrant checkpointing.",
+            "{} parameter '{}' was marked ready twice: it received a gradient after the reduction of training "
+            "step {} was written back into .grad, from a backward that reached that step's outputs again (a second "
+            "backward() after one forward). Runs of a hook within one backward, nested (reentrant) backward passes "
+            "included, are reduced together; a separate backward() is not. Sum the losses and call backward() "
+            "once, or run the earlier backward passes under no_sync() so that only the last one reduces.",
             rank_prefix(), names[index], step_check_.step()));
       }
       throw ReductionError(fmt::format(
@@ -554,9 +620,7 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
           "gradients of training step {} were already reduced and no output of a later forward through the wrapper "
           "was reached. Run the forward as model(x), not model->module()->forward(x) or a submodule called "
           "directly (for a forward that must not be reduced use no_sync()), and in train mode: a forward after "
-          "model->eval() is evaluation only and is not reduced (call model->train() first). A nested (reentrant) backward, as in "
-          "reentrant activation checkpointing, ends the reduction early the same way: use non-reentrant "
-          "checkpointing.",
+          "model->eval() is evaluation only and is not reduced (call model->train() first).",
           rank_prefix(), names[index], step_check_.step()));
     case Phase::kArmed:
       begin_backward(start);
@@ -564,41 +628,75 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
     case Phase::kBackward:
       break;
   }
-  if (marks_.marked[index]) {
-    if (marks_.marked_early[index] && options.static_graph() && static_graph_.learned) {
+  // Every graph task a hook runs in gets the end-of-backward callback (a nested backward
+  // is a task of its own); the outermost one's finalizes.
+  queue_finalize();
+  const int64_t runs = multi_fire_.count_run(index);
+  if (runs > 1) {
+    on_gradient_again(index, incoming);
+  } else if (marks_.marked[index]) {
+    // Marked before backward (its slot holds zeros, its bucket may be launched or skipped).
+    if (options.static_graph() && static_graph_.learned) {
       record_error(fmt::format(
           "{} static_graph=true, but parameter '{}' received a gradient in iteration {} and none in the first "
           "iteration: the graph changed. Set Options::static_graph = false for models whose used parameters vary.",
           rank_prefix(), names[index], iteration_));
-    } else if (marks_.marked_early[index]) {
-      record_error(fmt::format(
-          "{} parameter '{}' received a gradient in iteration {}, but find_unused_parameters found it unreachable "
-          "from the forward's outputs: the loss uses a tensor that the forward did not return (a member, a global). "
-          "Return every tensor the loss uses from forward(), or set find_unused_parameters = false.",
-          rank_prefix(), names[index], iteration_));
     } else {
       record_error(fmt::format(
-          "{} parameter '{}' was marked ready twice in one backward pass (iteration {}): its gradient hook fired "
-          "again. This happens with reentrant activation checkpointing and when the same parameter is used by two "
-          "backward() calls on one graph; use non-reentrant checkpointing, or sum the losses and call backward() "
-          "once.",
+          "{} parameter '{}' received a gradient in iteration {}, but find_unused_parameters found it unreachable "
+          "from the forward's outputs: the loss uses a tensor that the forward did not return (a member, a global), "
+          "or a reentrant checkpoint uses the parameter without taking it as an input. Return every tensor the loss "
+          "uses from forward(), pass the parameters a checkpointed block uses to the checkpoint function, or set "
+          "find_unused_parameters = false.",
           rank_prefix(), names[index], iteration_));
     }
     return;
+  } else {
+    marks_.local_used[index] = 1;
+    if (auto error = buckets_.copy_gradient(index)) record_error(std::move(*error));
+    if (iteration_ == 0) buckets_.record_ready(index);
   }
-  marks_.local_used[index] = 1;
-  if (auto error = buckets_.copy_gradient(index)) record_error(std::move(*error));
-  marks_.marked[index] = 1;
-  if (iteration_ == 0) buckets_.record_ready(index);
-  if (buckets_.mark_ready(index) && timeline.enabled()) {
-    const auto now = Clock::now();
-    timeline.record(Timeline::Kind::kBucketReady, static_cast<int64_t>(buckets_.slot(index).bucket), iteration_, now,
-                    now);
+  // The slot is complete at the last run the previous backward saw (MultiFire).
+  if (!marks_.marked[index] && multi_fire_.complete(index)) {
+    marks_.marked[index] = 1;
+    if (buckets_.mark_ready(index) && timeline.enabled()) {
+      const auto now = Clock::now();
+      timeline.record(Timeline::Kind::kBucketReady, static_cast<int64_t>(buckets_.slot(index).bucket), iteration_,
+                      now, now);
+    }
+    launch_ready_buckets();
   }
-  launch_ready_buckets();
   const auto end = Clock::now();
   stats.hook_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count();
   timeline.record(Timeline::Kind::kHook, static_cast<int64_t>(index), iteration_, start, end);
+}
+
+void Reducer::Impl::on_gradient_again(size_t index, const at::Tensor& incoming) {
+  // A run flagged unused before backward already recorded its error at the first run.
+  if (marks_.marked_early[index] && !marks_.local_used[index]) return;
+  // A run without a gradient (the accumulator reached by an edge that carried none, as a
+  // reentrant checkpoint's parameter inputs do in the enclosing backward) adds nothing.
+  if (!incoming.defined()) return;
+  if (!buckets_.launched(index)) {
+    if (auto error = buckets_.add_again(index, incoming)) record_error(std::move(*error));
+    return;
+  }
+  // Late: its bucket is on the wire. Reduced after the buckets, in a follow-up all-reduce.
+  const at::Tensor& grad = parameters[index].grad();
+  auto& bucket = buckets_.bucket(buckets_.slot(index).bucket);
+  if (grad.defined() && grad.is_alias_of(bucket.in_place() ? bucket.comm_tensor() : bucket.flat())) {
+    // The accumulator added into the storage a collective was reducing (its runs were known
+    // to be fewer, so its .grad was left in place): that reduction cannot be trusted.
+    record_error(fmt::format(
+        "{} parameter '{}' received a gradient {} times in iteration {}, more than in the iterations before, and "
+        "its accumulator added the last one into its bucket while that bucket was being reduced "
+        "(gradient_as_bucket_view, or a large gradient reduced in place). This step is not averaged on any rank; "
+        "zero the gradients and go on: the next steps expect the new count.",
+        rank_prefix(), names[index], multi_fire_.runs(index), iteration_));
+    return;
+  }
+  multi_fire_.add_late(index, incoming, buckets_.scale(), buckets_.view(index));
+  stats.late_gradients += 1;
 }
 
 void Reducer::Impl::mark_without_hook(size_t index) {

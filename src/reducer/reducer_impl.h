@@ -8,6 +8,7 @@
 //   StatusRow           the used flags and status each rank sends at the end of backward
 //   BucketSet           buckets, slots, launch order, write-back into .grad
 //   BucketSkip          the unused-parameter bitmap in the header; buckets no rank used
+//   MultiFire           hooks that run more than once per backward; late contributions
 //   HookRunner          a communication hook's runs, futures and failures
 //   JoinState           ddp::Join's flags, divisor and authoritative rank
 //   InterruptedBackward completing a section an exception cut short
@@ -37,6 +38,7 @@
 #include "reducer/hook_runner.h"
 #include "reducer/interrupted_backward.h"
 #include "reducer/join_state.h"
+#include "reducer/multi_fire.h"
 #include "reducer/parameter_snapshot.h"
 #include "reducer/status_row.h"
 #include "reducer/step_check.h"
@@ -73,10 +75,16 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Reducer::set_reduced_callback.
   void set_reduced_callback(std::weak_ptr<void> owner, ReducedCallback callback);
 
-  // Autograd callbacks.
-  void on_gradient_ready(size_t index);
+  // Autograd callbacks. `incoming`: the gradient the accumulator's run added.
+  void on_gradient_ready(size_t index, const at::Tensor& incoming);
   void on_backward_start();
   void finalize();
+  // The end-of-backward callback of graph task `task`: finalize, unless that task was a
+  // nested (reentrant) backward inside the backward being reduced (docs/threads.md).
+  void on_graph_task_end(int task);
+  // A node of the enclosing graph task ran after a nested one ended: queue the
+  // end-of-backward callback there (iteration `iteration` only).
+  void requeue_finalize(int64_t iteration);
 
   // Reads every deferred step-check result, waiting for them, so that what follows
   // (unused_names, a checkpoint) sees the last step's state.
@@ -132,6 +140,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
     std::vector<char> local_used;   // got a gradient since the last synchronised backward
     std::vector<char> reachable;    // scratch for the graph walk
     std::vector<char> unused;       // scratch: known unused at the start of backward (BucketSkip)
+    std::vector<char> row;          // scratch: this rank's used-flags row bytes (MultiFire::encode)
+    std::vector<char> late;         // scratch: late on some rank (MultiFire::decode_late)
   };
   // static_graph: what the first synchronised iteration used, here and on every rank.
   struct StaticGraph {
@@ -146,6 +156,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void begin_backward(Clock::time_point start, bool queue_finalize = true);
   // A new iteration: every per-iteration part reset.
   void reset_iteration();
+  // Queues the end-of-backward callback on the current graph task, once per task.
   void queue_finalize();
   // Completes an interrupted backward with the other ranks, then throws (lock held).
   [[noreturn]] void settle_interrupted_backward(std::unique_lock<std::mutex>& lock);
@@ -166,8 +177,18 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // Writes bucket b back (if not yet) and hands it to the reduced callback, timed.
   void report_reduced(size_t b, int64_t iteration);
   bool reports_early(size_t b, const std::vector<char>& local_used) const;
+  // After the follow-ups: an error when a late contribution reached a bucket already reported.
+  void check_reported_late();
   // Reads the ranks' used counts and statuses; true when every rank's status is kOk.
   bool read_used_by(const std::vector<char>& local_used, bool read_later);
+  // MultiFire: whether late contributions are reduced after the buckets in this backward
+  // (the same on every rank: every rank reads the rows now), and that reduction: one
+  // all-reduce per parameter some rank contributed late to, waited for without the lock;
+  // returns the failure. add_late_averages adds them to .grad after the write-back.
+  bool follow_up_allowed(int64_t iteration) const;
+  void check_late_runs(int64_t iteration);
+  std::exception_ptr reduce_late(std::unique_lock<std::mutex>& lock);
+  void add_late_averages();
   // Iteration 0: every rank takes rank 0's ready order for the rebuild.
   void share_ready_order(std::unique_lock<std::mutex>& lock, bool all_ok);
   // Options::bucket_cap_autotune, at the end of synchronised `iteration` (its backward
@@ -182,6 +203,8 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   // --- the parts' glue ---
   void verify_reduction_header();
   void mark_without_hook(size_t index);
+  // A second or later run of parameter `index`'s hook in this backward (MultiFire).
+  void on_gradient_again(size_t index, const at::Tensor& incoming);
   void launch_ready_buckets();
   // Issues bucket b's all-reduce (or its hook); false when no rank used any of its
   // parameters and it is skipped (BucketSkip).
@@ -206,10 +229,16 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   detail::InterruptedBackward recovery_;
   detail::UnusedReport unused_;
   detail::BucketCapAutotuner autotune_;
+  detail::MultiFire multi_fire_;
 
   std::mutex mutex_;
   Phase phase_ = Phase::kIdle;
-  bool finalize_queued_ = false;
+  // The graph tasks (torch::autograd::get_current_graph_task_id) with an end-of-backward
+  // callback queued in this backward; the last one, checked first.
+  std::vector<int> finalize_tasks_;
+  int last_task_ = kNoTask;
+  static constexpr int kNoTask = -2;
+  bool late_anywhere_ = false;       // this backward's follow-up reduces late contributions
   int64_t iteration_ = 0;            // synchronised backward passes finalised
   Marks marks_;
   StaticGraph static_graph_;

@@ -25,7 +25,7 @@ void StatusRow::decode(const uint8_t* rows, size_t n, int world, std::vector<int
   std::fill(used_by.begin(), used_by.end(), 0);
   for (int r = 0; r < world; ++r) {
     const uint8_t* row = rows + r * (n + kStatusBytes);
-    for (size_t i = 0; i < n; ++i) used_by[i] += row[i];
+    for (size_t i = 0; i < n; ++i) used_by[i] += row[i] & 1; // the used bit (MultiFire::encode)
     statuses[static_cast<size_t>(r)] = row[n];
   }
 }

@@ -1,5 +1,6 @@
 // StatusRow: what each rank says at the end of a backward section, in one allgather: one
-// "used" byte per parameter (did it get a gradient on this rank?) and kStatusBytes of
+// "used" byte per parameter (bit 0: did it get a gradient on this rank? the other bits:
+// MultiFire's late bit and hook runs) and kStatusBytes of
 // status (did this rank's backward go right, and if a communication hook failed, on which
 // bucket). Summed over ranks the flags decide which .grad is written (a parameter no rank
 // used keeps its .grad); any status other than kOk makes the step an error on every rank,

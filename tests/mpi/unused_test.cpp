@@ -347,37 +347,3 @@ TEST_CASE("no_sync micro-steps with different unused sets: a parameter used in a
     run_against_oracle(cfg);
   }
 }
-
-namespace {
-// Backward runs a nested (reentrant) backward through `w`, like reentrant checkpointing.
-struct Reentrant : torch::autograd::Function<Reentrant> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor x, torch::Tensor w) {
-    ctx->saved_data["w"] = w;
-    return x.clone();
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto w = ctx->saved_data["w"].toTensor();
-    torch::AutoGradMode enable(true);
-    (w * 2).sum().backward();
-    return {grads[0], torch::Tensor()};
-  }
-};
-} // namespace
-
-TEST_CASE("a parameter marked twice (reentrant backward) is an error naming it, with the fix", "[unused]") {
-  torch::nn::Linear lin(3, 3);
-  ddp::DistributedDataParallel model(lin, ddp::test::world_ptr(), ddp::test::test_options());
-  struct Run {
-    static torch::Tensor go(ddp::DistributedDataParallel<torch::nn::LinearImpl>& m, torch::nn::Linear& l) {
-      return Reentrant::apply(m(torch::ones({2, 3})), l->weight);
-    }
-  };
-  auto out = Run::go(model, lin);
-  CHECK_THROWS_WITH(out.sum().backward(),
-                    (Contains("'weight'") || Contains("'bias'")) && Contains("checkpointing"));
-  // The reducer recovers at the next iteration.
-  auto ok = model(torch::ones({2, 3}));
-  CHECK_NOTHROW(ok.sum().backward());
-  CHECK(identical_across_ranks(lin->weight.grad()));
-}

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <vector>
@@ -16,6 +17,7 @@
 
 #include "reducer/bucket_skip.h"
 #include "reducer/join_state.h"
+#include "reducer/multi_fire.h"
 #include "reducer/status_row.h"
 #include "reducer/step_check.h"
 #include "reducer/unused_report.h"
@@ -23,6 +25,7 @@
 using Catch::Contains;
 using ddp::detail::BucketSkip;
 using ddp::detail::JoinState;
+using ddp::detail::MultiFire;
 using ddp::detail::StatusRow;
 using ddp::detail::StepCheck;
 using ddp::detail::UnusedReport;
@@ -443,5 +446,52 @@ TEST_CASE("StepCheck with a bitmap: headers compare their fields only, and hand 
     check.exchange(Section::kReduction, /*wait=*/false, &mine);
     CHECK_THROWS_WITH(check.section_records(), Contains("out of step") && Contains("training step 1"));
     CHECK(check.broken());
+  }
+}
+
+TEST_CASE("multi-fire bytes: used, late and runs in the used-flags row; used_by counts the used bit only",
+          "[protocol]") {
+  for (int64_t runs : {0, 1, 2, 3, 62, 63, 64, 1000}) {
+    for (bool used : {false, true}) {
+      for (bool late : {false, true}) {
+        CAPTURE(runs, used, late);
+        const uint8_t byte = MultiFire::encode(used, late, runs);
+        CHECK(MultiFire::used(byte) == used);
+        CHECK(MultiFire::late(byte) == late);
+        CHECK(MultiFire::runs(byte) == std::min<int64_t>(runs, MultiFire::kMaxRuns));
+      }
+    }
+  }
+  // Crafted rows at world 2-8: rank r uses parameter i when (i + r) % 3 != 0, runs it
+  // 1 + r times, and is late on parameter i == r only.
+  const size_t n = 10;
+  const size_t stride = n + StatusRow::kStatusBytes;
+  for (int world = 2; world <= 8; ++world) {
+    CAPTURE(world);
+    std::vector<uint8_t> rows(stride * static_cast<size_t>(world), 0);
+    std::vector<int64_t> expected_used(n, 0);
+    for (int r = 0; r < world; ++r) {
+      uint8_t* row = rows.data() + stride * static_cast<size_t>(r);
+      for (size_t i = 0; i < n; ++i) {
+        const bool used = (i + static_cast<size_t>(r)) % 3 != 0;
+        row[i] = MultiFire::encode(used, used && i == static_cast<size_t>(r), used ? 1 + r : 0);
+        expected_used[i] += used ? 1 : 0;
+      }
+      StatusRow::encode(row, n, StatusRow::kOk, -1);
+    }
+    std::vector<int64_t> used_by(n, -1);
+    std::vector<uint8_t> statuses(static_cast<size_t>(world), 255);
+    StatusRow::decode(rows.data(), n, world, used_by, statuses);
+    CHECK(used_by == expected_used);
+    CHECK(StatusRow::all_ok(statuses));
+    std::vector<char> late(n, 7);
+    const bool any = MultiFire::decode_late(rows.data(), n, world, stride, late);
+    CHECK(any);
+    for (size_t i = 0; i < n; ++i) {
+      CAPTURE(i);
+      // Late where some rank r == i used it: r = i < world and (2i) % 3 != 0.
+      const bool expected = i < static_cast<size_t>(world) && (2 * i) % 3 != 0;
+      CHECK((late[i] != 0) == expected);
+    }
   }
 }

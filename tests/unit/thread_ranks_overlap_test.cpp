@@ -15,6 +15,7 @@
 #include <ddp/join.h>
 
 #include "misuse_fixtures.h"
+#include "multi_fire_models.h"
 #include "optimizer_pair.h"
 #include "thread_ranks.h"
 
@@ -333,5 +334,50 @@ TEST_CASE("thread ranks: what an overlapped optimizer refuses, and the errors th
     CHECK_THAT(s.zeroed_grad, Contains(me) && Contains("changed between backward() and step()"));
     CHECK_THAT(s.missed_step, Contains("before step() was called") && Contains("no_sync()"));
     CHECK(s.recovers);
+  }
+}
+
+TEST_CASE("thread ranks: an overlapped optimizer with parameters whose hook runs more than once",
+          "[threads][optimizer][multifire]") {
+  // Reentrant checkpointing over a block sharing w_shared with the rest (rank 0), the plain
+  // graph on the other ranks: the first iteration's late runs are reduced in follow-ups
+  // before the update; from the second, the runs are learned and the buckets update early.
+  for (int world : {2, 3}) {
+    auto results = run_ranks(world, [](int rank, PG pg) {
+      const auto options = ddp::test::short_timeout().bucket_cap_mb(0.0001).first_bucket_cap_mb(0.0001);
+      ddp::test::MultiFireNet plain_net, overlap_net;
+      plain_net->shape = overlap_net->shape =
+          rank == 0 ? ddp::test::FireShape::kShared : ddp::test::FireShape::kPlain;
+      ddp::DistributedDataParallel plain(plain_net, pg, options);
+      ddp::DistributedDataParallel overlapped(overlap_net, pg, options);
+      auto reference = std::make_shared<torch::optim::Adam>(plain_net->parameters(), torch::optim::AdamOptions(1e-2));
+      auto opt = overlapped->overlap_optimizer(
+          std::make_shared<torch::optim::Adam>(overlap_net->parameters(), torch::optim::AdamOptions(1e-2)));
+      bool equal = true;
+      int64_t updated_after_first = 0;
+      for (int step = 0; step < 4; ++step) {
+        const auto x = ddp::test::multi_fire_input(rank, step, 5);
+        reference->zero_grad();
+        opt->zero_grad();
+        plain(x).pow(2).mean().backward();
+        overlapped(x).pow(2).mean().backward();
+        reference->step();
+        opt->step();
+        if (step > 0) updated_after_first += opt->updated_in_backward();
+        auto a = plain_net->named_parameters();
+        for (const auto& p : overlap_net->named_parameters()) equal &= torch::equal(p.value(), a[p.key()]);
+      }
+      return std::make_tuple(equal, updated_after_first, overlapped->reducer().stats().buckets_reported_early,
+                             overlapped->reducer().stats().follow_up_collectives);
+    });
+    for (const auto& r : results) {
+      INFO("world " << world << ", rank " << r.rank << ": " << r.error_type << " " << r.error);
+      REQUIRE(r.ok());
+      const auto& [equal, updated, early, follow_ups] = *r.value;
+      CHECK(equal);
+      CHECK(updated > 0);
+      CHECK(early > 0);
+      CHECK(follow_ups > 0); // the first iteration's late runs were reduced
+    }
   }
 }
