@@ -85,7 +85,8 @@ Reducer::Impl::Impl(detail::ConstructionCheck::Result checked, std::shared_ptr<P
       step_check_(process_group, deferred_step_check(options, process_group->device()), options.timeout(), stats,
                   options.skip_all_reduce_unused_params() ? detail::BucketSkip::words_for(parameters.size()) : 0),
       status_row_(process_group, parameters.size()),
-      buckets_(parameters, names, snapshot_.shapes(), options, rank_, world_size_, stats),
+      sparse_(parameters, names, options.expect_sparse_gradients(), rank_),
+      buckets_(parameters, names, snapshot_.shapes(), sparse_.mask(), options, rank_, world_size_, stats),
       skip_(options.skip_all_reduce_unused_params(), parameters.size()),
       hook_runner_(process_group, rank_, process_group->device().is_cuda(), options.timeout()),
       recovery_({step_check_, buckets_, hook_runner_, status_row_, stats}, rank_, world_size_, options.timeout()),
@@ -129,6 +130,8 @@ Reducer::Impl::~Impl() {
   if (world_size_ > 1 && !step_check_.broken() && phase_ == Phase::kBackward && step_check_.verified()) {
     try {
       recovery_.complete_section([this](size_t b) { return launch_bucket(b); }, iteration_);
+      // The peers' finalize gathers the sparse gradients after the status exchange.
+      if (sparse_.any()) exchange_sparse(/*contribute=*/false);
       phase_ = Phase::kIdle;
     } catch (const std::exception& e) {
       detail::log(detail::LogLevel::kWarn, rank_, "could not complete the interrupted backward: {}", e.what());
@@ -172,6 +175,7 @@ void Reducer::Impl::reset_iteration() {
   std::fill(marks_.marked.begin(), marks_.marked.end(), 0);
   std::fill(marks_.marked_early.begin(), marks_.marked_early.end(), 0);
   buckets_.reset();
+  sparse_.reset();
   skip_.reset();
   hook_runner_.reset(buckets_.size());
   finalize_queued_ = false;
@@ -187,11 +191,17 @@ void Reducer::Impl::forget_unfinished_forward() {
 }
 
 void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lock) {
-  recovery_.settle([this](size_t b) { return launch_bucket(b); }, iteration_, lock, [this] {
-    reset_iteration();
-    phase_ = Phase::kIdle;
-    iteration_ += 1;
-  });
+  recovery_.settle(
+      [this](size_t b) { return launch_bucket(b); }, iteration_, lock,
+      [this] {
+        reset_iteration();
+        phase_ = Phase::kIdle;
+        iteration_ += 1;
+      },
+      // What the peers' finalize issues after the status exchange: the sparse gradients'.
+      [this] {
+        if (sparse_.any()) exchange_sparse(/*contribute=*/false);
+      });
 }
 
 void Reducer::Impl::prepare_for_forward() {
@@ -544,10 +554,12 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
     return;
   }
   marks_.local_used[index] = 1;
-  if (auto error = buckets_.copy_gradient(index)) record_error(std::move(*error));
+  // A sparse gradient is taken as it is (SparseGradients); a dense one goes into its slot.
+  const bool sparse = sparse_.expects(index);
+  if (auto error = sparse ? sparse_.take(index) : buckets_.copy_gradient(index)) record_error(std::move(*error));
   marks_.marked[index] = 1;
   if (iteration_ == 0) buckets_.record_ready(index);
-  if (buckets_.mark_ready(index) && timeline.enabled()) {
+  if (!sparse && buckets_.mark_ready(index) && timeline.enabled()) {
     const auto now = Clock::now();
     timeline.record(Timeline::Kind::kBucketReady, static_cast<int64_t>(buckets_.slot(index).bucket), iteration_, now,
                     now);
@@ -559,7 +571,11 @@ void Reducer::Impl::on_gradient_ready(size_t index) {
 }
 
 void Reducer::Impl::mark_without_hook(size_t index) {
-  if (auto error = buckets_.fill_without_hook(index, marks_.local_used[index] != 0)) record_error(std::move(*error));
+  const bool used_locally = marks_.local_used[index] != 0;
+  if (auto error = sparse_.expects(index) ? sparse_.take_without_hook(index, used_locally)
+                                          : buckets_.fill_without_hook(index, used_locally)) {
+    record_error(std::move(*error));
+  }
   marks_.marked[index] = 1;
 }
 

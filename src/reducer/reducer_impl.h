@@ -7,6 +7,7 @@
 //   StepCheck           section headers, deferred reads, the sticky "broken" error
 //   StatusRow           the used flags and status each rank sends at the end of backward
 //   BucketSet           buckets, slots, launch order, write-back into .grad
+//   SparseGradients     the sparse gradients (embeddings): gathered and summed apart
 //   BucketSkip          the unused-parameter bitmap in the header; buckets no rank used
 //   HookRunner          a communication hook's runs, futures and failures
 //   JoinState           ddp::Join's flags, divisor and authoritative rank
@@ -36,6 +37,7 @@
 #include "reducer/interrupted_backward.h"
 #include "reducer/join_state.h"
 #include "reducer/parameter_snapshot.h"
+#include "reducer/sparse_gradients.h"
 #include "reducer/status_row.h"
 #include "reducer/step_check.h"
 #include "reducer/unused_report.h"
@@ -157,6 +159,9 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   void issue_flags(const std::vector<char>& local_used, bool read_later);
   // Waits for the section's collectives (without the lock); returns the failure.
   std::exception_ptr wait_for_section(int64_t iteration, bool read_later);
+  // The sparse gradients' exchange (lock released); an interrupted section contributes
+  // nothing. Returns its error ("" when none).
+  std::string exchange_sparse(bool contribute);
   // Reads the ranks' used counts and statuses; true when every rank's status is kOk.
   bool read_used_by(const std::vector<char>& local_used, bool read_later);
   // Iteration 0: every rank takes rank 0's ready order for the rebuild.
@@ -184,6 +189,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   detail::ParameterSnapshot snapshot_;
   detail::StepCheck step_check_;
   detail::StatusRow status_row_;
+  detail::SparseGradients sparse_; // before buckets_, which keeps its mask
   detail::BucketSet buckets_;
   detail::BucketSkip skip_;
   detail::HookRunner hook_runner_;
