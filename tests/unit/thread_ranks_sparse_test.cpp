@@ -21,6 +21,7 @@
 #include "rank_results.h"
 #include "sparse_model.h"
 #include "thread_ranks.h"
+#include "throw_in_backward.h"
 #include "world.h"
 
 using Catch::Contains;
@@ -344,6 +345,93 @@ TEST_CASE("SparseSum: the ranks' sparse tensors are added in rank order, the sam
     for (const auto& r : results) {
       CAPTURE(r.rank);
       CHECK(*r.value);
+    }
+  }
+}
+
+namespace {
+
+// A sparse embedding, then a pass-through that throws from its backward where armed, then
+// a Linear: the Linear's gradient is bucketed, the embedding's never arrives.
+struct ThrowingRecImpl : torch::nn::Module {
+  ThrowingRecImpl() {
+    user = register_module("user", torch::nn::Embedding(torch::nn::EmbeddingOptions(20, 4).sparse(true)));
+    fc = register_module("fc", torch::nn::Linear(4, 3));
+  }
+  torch::Tensor forward(torch::Tensor ids) { return fc(ddp::test::ThrowInBackward::apply(user(ids), armed)); }
+  torch::nn::Embedding user{nullptr};
+  torch::nn::Linear fc{nullptr};
+  bool armed = false;
+};
+TORCH_MODULE(ThrowingRec);
+
+} // namespace
+
+TEST_CASE("thread ranks: a backward interrupted on one rank completes the sparse exchange; the next step is exact",
+          "[threads][sparse][misuse]") {
+  for (int world : {2, 3}) {
+    CAPTURE(world);
+    torch::manual_seed(9);
+    const ThrowingRec initial;
+    struct Seen {
+      std::string first, second;
+      double worst = 1e9;
+    };
+    auto results = run_ranks(world, [&](int r, PG pg) {
+      Seen seen;
+      ThrowingRec local;
+      ThrowingRec oracle;
+      {
+        torch::NoGradGuard no_grad;
+        for (auto* m : {&local, &oracle}) {
+          auto mine = (*m)->named_parameters();
+          for (const auto& p : initial->named_parameters()) mine[p.key()].copy_(p.value());
+        }
+      }
+      ddp::DistributedDataParallel model(local, pg, ddp::test::test_options());
+      auto ids_of = [](int q, int step) { return torch::tensor({q, q + 3, 7, step}, torch::kLong); };
+      // Step 0: rank 1's backward throws between the Linear and the embedding.
+      local->armed = r == 1;
+      try {
+        model(ids_of(r, 0)).sum().backward();
+      } catch (const std::exception& e) {
+        seen.first = e.what();
+      }
+      local->armed = false;
+      // Step 1: rank 1's forward completes the interrupted section first (and says so).
+      local->zero_grad();
+      try {
+        model(ids_of(r, 1)).sum().backward();
+      } catch (const ddp::ReductionError& e) {
+        seen.second = e.what();
+        local->zero_grad();
+        model(ids_of(r, 1)).sum().backward();
+      }
+      for (int q = 0; q < world; ++q) (oracle->forward(ids_of(q, 1)).sum() / world).backward();
+      const auto want = oracle->named_parameters();
+      seen.worst = 0;
+      for (const auto& p : local->named_parameters()) {
+        const torch::Tensor g = p.value().grad();
+        const torch::Tensor w = want[p.key()].grad();
+        const bool ok = g.defined() && (p.key() != "user.weight" || g.is_sparse());
+        seen.worst = std::max(seen.worst, ok ? ddp::test::max_relative_error(g.is_sparse() ? g.to_dense() : g,
+                                                                              w.is_sparse() ? w.to_dense() : w)
+                                             : 1e9);
+      }
+      return seen;
+    });
+    require_values(results);
+    for (const auto& r : results) {
+      CAPTURE(r.rank, r.value->first, r.value->second);
+      if (r.rank == 1) {
+        CHECK_THAT(r.value->first, Contains("injected"));
+        CHECK_THAT(r.value->second, Contains("did not finish"));
+      } else {
+        CHECK_THAT(r.value->first, Contains("not averaged"));
+        CHECK(r.value->second.empty());
+      }
+      // Sums of 4 world terms and one division: a few roundings of float.
+      CHECK(r.value->worst <= ddp::test::reduction_tolerance(at::kFloat, 4 * world + 8));
     }
   }
 }
