@@ -169,4 +169,25 @@ struct MultiTaskImpl : torch::nn::Module {
 };
 TORCH_MODULE(MultiTask);
 
+// Recommendation: a large embedding table with sparse gradients (1 M rows of 64 floats,
+// 256 MiB) looked up by kSparseBag ids per sample and averaged, and a dense MLP on top
+// (0.1 M parameters). A step touches at most batch x kSparseBag rows, so the reducer sums
+// sparse gradients (gathered indices and values) instead of all-reducing 256 MiB.
+constexpr int64_t kSparseRows = 1000000, kSparseDim = 64, kSparseBag = 8;
+
+struct SparseRecImpl : torch::nn::Module {
+  SparseRecImpl() {
+    embedding = register_module(
+        "embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(kSparseRows, kSparseDim).sparse(true)));
+    mlp = register_module("mlp", torch::nn::Sequential(torch::nn::Linear(kSparseDim, 256), torch::nn::ReLU(),
+                                                       torch::nn::Linear(256, 256), torch::nn::ReLU(),
+                                                       torch::nn::Linear(256, 10)));
+  }
+  // ids: [batch, kSparseBag] row indices.
+  torch::Tensor forward(torch::Tensor ids) { return mlp->forward(embedding(ids).mean(1)); }
+  torch::nn::Embedding embedding{nullptr};
+  torch::nn::Sequential mlp{nullptr};
+};
+TORCH_MODULE(SparseRec);
+
 } // namespace ddp::bench

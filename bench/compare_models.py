@@ -3,8 +3,9 @@ layers in the same registration order (DDP's bucket order follows it), each mode
 batch per rank and inputs."""
 
 MODELS = ("mlp", "small", "convnet", "deepsup")  # "all"
-EXTRA_MODELS = ("resnet",)                     # on request only, as in ddp_bench
-BATCH = {"mlp": 32, "small": 64, "convnet": 16, "deepsup": 32, "resnet": 8}
+EXTRA_MODELS = ("resnet", "sparse")           # on request only, as in ddp_bench
+BATCH = {"mlp": 32, "small": 64, "convnet": 16, "deepsup": 32, "resnet": 8, "sparse": 32}
+SPARSE_ROWS, SPARSE_DIM, SPARSE_BAG = 1000000, 64, 8  # bench_models.h kSparse*
 
 
 def build_model(name, torch):
@@ -147,6 +148,16 @@ def build_model(name, torch):
         def forward(self, x, y, i):
             return deepsup_loss(self.net(x), y, i)
 
+    class SparseRec(nn.Module):  # bench_models.h's SparseRecImpl: DDP reduces its sparse gradient
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(SPARSE_ROWS, SPARSE_DIM, sparse=True)
+            self.mlp = nn.Sequential(nn.Linear(SPARSE_DIM, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                                     nn.Linear(256, 10))
+
+        def forward(self, ids):
+            return self.mlp(self.embedding(ids).mean(1))
+
     if name == "mlp":
         return Mlp, lambda model, x, y, i: F.cross_entropy(model(x), y)
     if name == "small":
@@ -155,6 +166,8 @@ def build_model(name, torch):
         return ConvNet, lambda model, x, y, i: F.cross_entropy(model(x), y)
     if name == "resnet":
         return ResNet, lambda model, x, y, i: F.cross_entropy(model(x), y)
+    if name == "sparse":
+        return SparseRec, lambda model, x, y, i: F.cross_entropy(model(x), y)
     if name == "deepsup":
         return DeepSupWithLoss, lambda model, x, y, i: model(x, y, i)
     raise ValueError(f"unknown model {name!r}")
@@ -169,6 +182,9 @@ def make_inputs(name, batch, device, torch):
     elif name == "small":
         x = torch.randn(batch, 32, device=device)
         y = None
+    elif name == "sparse":
+        x = torch.randint(SPARSE_ROWS, (batch, SPARSE_BAG), device=device)
+        y = torch.randint(10, (batch,), device=device)
     elif name in ("convnet", "resnet"):
         x = torch.randn(batch, 3, 32, 32, device=device)
         y = torch.randint(10, (batch,), device=device)

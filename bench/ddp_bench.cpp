@@ -74,7 +74,8 @@ const char* const kHookNames = "allreduce, fp16, bf16, powersgd, noop";
 [[noreturn]] void usage(int rc) {
   std::printf(
       "usage: mpirun -np N ddp_bench [options]   (or torchrun ... --no-python ddp_bench --backend gloo)\n"
-      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet, multitask (not in all)\n"
+      "  --model NAME[,NAME]     mlp, small, convnet, deepsup or all (default: all), resnet, multitask, sparse\n"
+      "                          (not in all; sparse: a 1M x 64 embedding with sparse gradients and an MLP)\n"
       "  --mode MODE[,MODE]      local (no DDP), ddp, ddp_fu (ddp with find_unused_parameters),\n"
       "                          ddp_join (ddp inside an enabled ddp::Join that no rank leaves:\n"
       "                          the cost of Join's per-step agreement),\n"
@@ -342,6 +343,8 @@ void naive_allreduce(ddp::ProcessGroup& pg, torch::nn::Module& m) {
   for (auto& p : m.parameters()) {
     if (!p.requires_grad()) continue;
     if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    // A sparse gradient (the `sparse` model) all-reduced as the dense table it stands for.
+    if (p.grad().is_sparse()) p.mutable_grad() = p.grad().to_dense();
     pg.allreduce(p.grad())->wait();
     p.mutable_grad().div_(pg.size());
   }
@@ -526,6 +529,15 @@ struct Bench {
           cfg, pg, options, device, x,
           [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
     }
+    if (model == "sparse") {
+      batch = 32;
+      // Each rank looks up its own rows (seeded by rank above), with repeats across ranks.
+      auto ids = torch::randint(kSparseRows, {batch, kSparseBag}, f.dtype(torch::kLong));
+      auto y = torch::randint(10, {batch}, f.dtype(torch::kLong));
+      return make_trainers<SparseRec>(
+          cfg, pg, options, device, ids,
+          [y](torch::Tensor out, int) { return torch::nn::functional::cross_entropy(out, y); }, keep);
+    }
     if (model == "deepsup") {
       batch = 32;
       auto x = torch::randn({batch, 256}, f);
@@ -541,7 +553,7 @@ struct Bench {
                                     },
                                     keep);
     }
-    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup, multitask, resnet)\n", model.c_str());
+    if (root) std::fprintf(stderr, "ddp_bench: unknown model '%s' (mlp, small, convnet, deepsup, multitask, resnet, sparse)\n", model.c_str());
     std::exit(2);
   }
 
@@ -634,6 +646,8 @@ struct Bench {
             t.comm_hook.empty()
                 ? static_cast<int64_t>((static_cast<double>(s.bytes_per_iteration) - skipped_bytes) * t.wire_fraction)
                 : s.hook_bytes_per_iteration;
+        // Sparse gradients (the `sparse` model): the padded rows this rank sent, last step.
+        r.bytes_sent_per_step += s.sparse_bytes_per_iteration;
         r.buckets = s.buckets;
         r.bucket_bytes = red->bucket_bytes();
         r.hook_ms = (s.hook_ns - before[t.mode].hook_ns) / 1e6 / steps;

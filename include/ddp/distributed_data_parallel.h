@@ -59,6 +59,10 @@ void watch_module(Reducer& reducer, std::weak_ptr<torch::nn::Module> module);
 // Makes `wrapper` show `module`'s own parameters, buffers and submodules under the same
 // names (the same tensors and modules, not copies).
 void mirror_module(torch::nn::Module& wrapper, const torch::nn::Module& module);
+// `options` with the weight of every torch::nn::Embedding and EmbeddingBag built with
+// sparse(true) (and requiring grad) added to expect_sparse_gradients, as PyTorch's DDP
+// finds them: their gradients are sparse, and the reducer must know before backward.
+Options with_sparse_embeddings(const torch::nn::Module& module, Options options);
 // The errors of the calls that would break the reducer's hooks after wrapping.
 [[noreturn]] void throw_to_after_wrapping(const Reducer& reducer);
 [[noreturn]] void throw_load_after_wrapping(const Reducer& reducer);
@@ -88,7 +92,8 @@ class DistributedDataParallelImpl : public torch::nn::Module {
     }
     // The reducer's one construction collective checks options, every parameter and
     // every buffer across ranks; only then is anything broadcast.
-    reducer_ = std::make_unique<Reducer>(detail::named_parameters(*module_), process_group, std::move(options),
+    reducer_ = std::make_unique<Reducer>(detail::named_parameters(*module_), process_group,
+                                         detail::with_sparse_embeddings(*module_, std::move(options)),
                                          detail::named_buffers(*module_));
     if (reducer_->options().init_sync()) {
       detail::broadcast_module_state(*process_group, *module_);

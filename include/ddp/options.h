@@ -142,6 +142,15 @@ struct Options {
   // biases and norms exact on the wire. Buckets are split by wire dtype. A pattern that
   // matches no parameter is an error (a typo would otherwise pass silently).
   TORCH_ARG(std::vector<WireDtype>, wire_dtype_overrides) = {};
+  // The parameters whose gradients are sparse (COO), by name, as PyTorch's
+  // expect_sparse_gradient: each is reduced on its own, its ranks' indices and values
+  // gathered, summed in rank order and divided (docs/semantics.md, "Sparse gradients"),
+  // and its .grad stays sparse. DistributedDataParallel adds the weight of every
+  // torch::nn::Embedding and EmbeddingBag built with sparse(true) itself; list others here
+  // (a bare ddp::Reducer sees no module). Every rank must declare the same ones (checked
+  // at construction, naming the parameter); a declared parameter that gets a dense
+  // gradient, or an undeclared one that gets a sparse gradient, is an error on every rank.
+  TORCH_ARG(std::vector<std::string>, expect_sparse_gradients) = {};
   // How long the reducer waits for a collective before it throws ddp::TimeoutError.
   // The environment variable DDP_TIMEOUT_S replaces the default (not a value set here).
   TORCH_ARG(std::chrono::milliseconds, timeout) = kDefaultTimeout;

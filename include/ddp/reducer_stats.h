@@ -15,6 +15,8 @@ struct ReducerStats {
   int64_t buckets_skipped = 0;     // bucket all-reduces left out because no rank used any of
                                    // their parameters (skip_all_reduce_unused_params), all iterations
   int64_t bytes_skipped = 0;       // their bytes, all iterations
+  int64_t sparse_bytes_per_iteration = 0; // sparse gradients (Options::expect_sparse_gradients): the
+                                          // padded indices and values this rank sent in the last iteration
   int64_t hook_ns = 0;             // total time spent inside gradient hooks
   int64_t finalize_ns = 0;         // total time of the end-of-backward callbacks
   int64_t finalize_wait_ns = 0;    // of which waiting for collectives

@@ -28,7 +28,7 @@ std::vector<size_t> reverse_order(size_t count) {
 std::vector<std::vector<size_t>> assign_buckets(const std::vector<at::Tensor>& tensors,
                                                 const std::vector<size_t>& order, BucketCaps caps,
                                                 const std::vector<int>& groups) {
-  DDP_CHECK_EQ(order.size(), tensors.size());
+  DDP_CHECK_LE(order.size(), tensors.size()); // a tensor left out of `order` gets no bucket
   DDP_CHECK(groups.empty() || groups.size() == tensors.size(), "one group per tensor");
   struct Open {
     std::vector<size_t> members;

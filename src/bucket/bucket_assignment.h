@@ -25,7 +25,7 @@ struct BucketCaps {
 };
 
 // Walks `order` (parameter indices in the order their gradients are expected to be
-// ready), grouping by (dtype, device); a bucket is closed once it holds at least its
+// ready; a tensor left out gets no bucket: the reducer's sparse gradients), grouping by (dtype, device); a bucket is closed once it holds at least its
 // cap, so a tensor larger than the cap ends up in a bucket of its own size or more.
 // A tensor of at least caps.solo_bytes gets a bucket to itself and leaves the open
 // bucket of its kind open (the reducer can then reduce it in place).

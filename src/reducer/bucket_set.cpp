@@ -20,11 +20,12 @@ size_t mib_to_bytes(double mib) {
 } // namespace
 
 BucketSet::BucketSet(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
-                     const std::vector<std::vector<int64_t>>& shapes, const Options& options, int rank,
-                     int world_size, ReducerStats& stats)
+                     const std::vector<std::vector<int64_t>>& shapes, const std::vector<char>& sparse,
+                     const Options& options, int rank, int world_size, ReducerStats& stats)
     : parameters_(parameters),
       names_(names),
       shapes_(shapes),
+      sparse_(sparse),
       options_(options),
       rank_(rank),
       world_size_(world_size),
@@ -63,8 +64,14 @@ BucketCaps BucketSet::caps() const {
   return caps;
 }
 
-void BucketSet::build(const std::vector<size_t>& order) {
-  built_order_ = order;
+void BucketSet::build(const std::vector<size_t>& full_order) {
+  // Sparse gradients are reduced apart (SparseGradients): no bucket, no slot.
+  std::vector<size_t> order;
+  order.reserve(full_order.size());
+  for (size_t i : full_order) {
+    if (!sparse_[i]) order.push_back(i);
+  }
+  built_order_ = full_order;
   auto assignment = assign_buckets(parameters_, order, caps(),
                                    precision_.ordered() ? precision_.bucket_groups() : std::vector<int>{});
   std::vector<std::unique_ptr<Bucket>> buckets;
@@ -77,6 +84,7 @@ void BucketSet::build(const std::vector<size_t>& order) {
   }
   if (options_.gradient_as_bucket_view() && !buckets_.empty()) {
     for (size_t i = 0; i < parameters_.size(); ++i) {
+      if (sparse_[i]) continue;
       at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
       const Slot& old_slot = slots_[i];
       if (grad.defined() && grad.is_alias_of(buckets_[old_slot.bucket]->flat())) {
@@ -157,7 +165,9 @@ std::optional<std::string> BucketSet::copy_gradient(size_t index) {
     slot_view.zero_();
     return fmt::format(
         "{} parameter '{}' got a gradient of {} {} on {} but the parameter is {} {} on {}; libddp reduces dense "
-        "gradients of the parameter's own shape, dtype and device",
+        "gradients of the parameter's own shape, dtype and device, and sparse ones of the parameters declared sparse "
+        "(an Embedding or EmbeddingBag with sparse(true) under DistributedDataParallel, or "
+        "Options::expect_sparse_gradients), on every rank alike",
         fmt::format("[ddp rank {}]", rank_), names_[index], grad.is_sparse() ? "sparse" : "dense", c10::toString(grad.scalar_type()),
         grad.device().str(), c10::toString(slot_view.scalar_type()), c10::str(slot_view.sizes()),
         slot_view.device().str());
@@ -256,7 +266,7 @@ void BucketSet::write_back_bucket(size_t b, const std::vector<int64_t>& used_by,
   const auto& members = bucket.members();
   for (size_t position = 0; position < members.size(); ++position) {
     const size_t i = members[position];
-    if (!all_used && used_by[i] == 0) continue;
+    if (sparse_[i] || (!all_used && used_by[i] == 0)) continue;
     const at::Tensor& slot_view = bucket.view(position);
     at::Tensor& grad = const_cast<at::Tensor&>(parameters_[i]).mutable_grad();
     if (options_.gradient_as_bucket_view()) {

@@ -35,10 +35,12 @@ class BucketSet {
     size_t position; // within the bucket
   };
 
-  // `parameters`, `names`, `shapes`: the reducer's, which outlive this set.
+  // `parameters`, `names`, `shapes`: the reducer's, which outlive this set. `sparse`
+  // (one flag per parameter, outliving this set too): the parameters whose gradients are
+  // sparse (SparseGradients reduces them); they get no bucket and no slot.
   BucketSet(const std::vector<at::Tensor>& parameters, const std::vector<std::string>& names,
-            const std::vector<std::vector<int64_t>>& shapes, const Options& options, int rank, int world_size,
-            ReducerStats& stats);
+            const std::vector<std::vector<int64_t>>& shapes, const std::vector<char>& sparse, const Options& options,
+            int rank, int world_size, ReducerStats& stats);
 
   // Lays the buckets out for a gradient-ready `order` (parameter indices). With
   // gradient_as_bucket_view, gradients that alias the old buckets move into the new ones.
@@ -118,6 +120,7 @@ class BucketSet {
   // Sets the number of ranks averaged over: the pre-division of the gradients to
   // 1 / divisor, or, for ordered sums, the division after the sum.
   void set_divisor(int divisor);
+  int divisor() const { return divisor_; }
   // How the gradients are summed (Options::reproducible, wire_dtype).
   const ReductionPrecision& precision() const { return precision_; }
   // Bucket b's ordered sum (precision().ordered()), its divisor included: the number of
@@ -157,6 +160,7 @@ class BucketSet {
   const std::vector<at::Tensor>& parameters_;
   const std::vector<std::string>& names_;
   const std::vector<std::vector<int64_t>>& shapes_;
+  const std::vector<char>& sparse_;
   const Options& options_;
   const int rank_;
   const int world_size_;

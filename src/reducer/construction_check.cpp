@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <unordered_set>
 
 #include <ddp/error.h>
@@ -73,8 +74,14 @@ std::vector<ConsistencyItem> construction_items(const Options& o, const Reducer:
       {Kind::kOption, "accumulate_dtype", o.accumulate_dtype() ? c10::toString(*o.accumulate_dtype()) : "unset"},
       {Kind::kOption, "wire_dtype_overrides", wire_overrides_text(o.wire_dtype_overrides())},
   };
+  const auto& sparse = o.expect_sparse_gradients();
   for (const auto& [name, t] : parameters) {
-    items.push_back({Kind::kParameter, name, t.defined() ? describe_tensor(t, !t.requires_grad()) : "undefined"});
+    std::string description = t.defined() ? describe_tensor(t, !t.requires_grad()) : "undefined";
+    // A rank reducing it sparse would pair a gather with another rank's bucket all-reduce.
+    if (std::find(sparse.begin(), sparse.end(), name) != sparse.end()) {
+      description += " with a sparse gradient (Embedding/EmbeddingBag sparse(true), or Options::expect_sparse_gradients)";
+    }
+    items.push_back({Kind::kParameter, name, std::move(description)});
   }
   for (const auto& [name, t] : buffers) {
     items.push_back({Kind::kBuffer, name, t.defined() ? describe_tensor(t) : "undefined"});
@@ -200,6 +207,15 @@ ConstructionCheck::Result ConstructionCheck::run(const Reducer::NamedParameters&
       throw InvalidArgumentError(*taken);
     }
     ReductionPrecision(result.options, names, tensors, rank); // its errors travel like the others
+    for (const std::string& name : result.options.expect_sparse_gradients()) {
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        throw InvalidArgumentError(fmt::format(
+            "[ddp rank {}] Options::expect_sparse_gradients names '{}', which is not a parameter that requires grad "
+            "(a frozen one, or a misspelt name): list the trainable parameters whose gradients are sparse, by their "
+            "names in named_parameters()",
+            rank, name));
+      }
+    }
 
   } catch (const InvalidArgumentError& e) {
     error = e.what();

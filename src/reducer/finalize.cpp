@@ -4,6 +4,7 @@
 //   checks           a lost gradient (a changed module), a changed static graph
 //   flags            the used flags and this rank's status, to every rank
 //   wait             (lock released) the hook's futures, the buckets, the flags
+//   sparse           (lock released) the sparse gradients, gathered and summed
 //   read             how many ranks used each parameter, and every rank's status
 //   late             contributions of hooks that ran after their bucket launched: one
 //                    follow-up all-reduce per such parameter, on every rank
@@ -78,10 +79,29 @@ void Reducer::Impl::finalize() {
     lock.unlock();
   }
   if (!failure) failure = wait_for_section(iteration, read_later, local_used);
+  // After the status exchange, on every rank that got this far (an interrupted section
+  // issues the same, empty, at its next forward: settle_interrupted_backward).
+  std::string sparse_error;
+  bool sparse_failed = false;
+  if (!failure && sparse_.any()) {
+    try {
+      sparse_error = exchange_sparse(/*contribute=*/true);
+    } catch (...) {
+      failure = std::current_exception();
+      sparse_failed = true;
+    }
+  }
   const auto wait_end = Clock::now();
 
   lock.lock();
   if (failure) {
+    // Completing the section again would pair a second sparse exchange with whatever the
+    // peers issue next.
+    if (sparse_failed) {
+      step_check_.mark_broken(fmt::format("{} the sparse gradients of training step {} could not be exchanged: the "
+                                          "ranks are out of step; restart from the last checkpoint.",
+                                          rank_prefix(), step_check_.step()));
+    }
     // Left in kBackward: the next forward completes this section with the other ranks
     // (settle_interrupted_backward) or reports that they are out of step.
     recovery_.set_cause("a collective of this backward timed out");
@@ -118,12 +138,14 @@ void Reducer::Impl::finalize() {
   if (all_ok) buckets_.write_back(unused_.used_by(), /*all_used=*/read_later);
   if (all_ok && late_anywhere_) add_late_averages();
   multi_fire_.learn();
+  if (all_ok && sparse_error.empty()) sparse_.write_back(unused_.used_by(), /*all_used=*/read_later);
+  if (!sparse_error.empty()) record_error(std::move(sparse_error)); // the same on every rank
   // The buckets not handed over while the others were on the wire (one that some
   // parameter got no gradient on this rank waited for every rank's used flags), after
   // the late contributions were added.
-  if (all_ok && reduced_callback_) {
+  if (all_ok && reduced_callback_ && pending_error_.empty()) {
     check_reported_late();
-    for (size_t b = 0; b < buckets_.size(); ++b) {
+    for (size_t b = 0; b < buckets_.size() && pending_error_.empty(); ++b) {
       if (!reported_[b]) report_reduced(b, iteration);
     }
   }
@@ -344,6 +366,11 @@ std::exception_ptr Reducer::Impl::wait_for_section(int64_t iteration, bool read_
     return std::current_exception();
   }
   return nullptr;
+}
+
+std::string Reducer::Impl::exchange_sparse(bool contribute) {
+  if (!contribute) sparse_.drop_contributions();
+  return sparse_.exchange(*process_group, buckets_.divisor(), options.timeout(), stats);
 }
 
 bool Reducer::Impl::read_used_by(const std::vector<char>& local_used, bool read_later) {

@@ -44,7 +44,8 @@ void InterruptedBackward::complete_section(const std::function<bool(size_t)>& la
 }
 
 void InterruptedBackward::settle(const std::function<bool(size_t)>& launch, int64_t iteration,
-                                 std::unique_lock<std::mutex>& lock, const std::function<void()>& end_iteration) {
+                                 std::unique_lock<std::mutex>& lock, const std::function<void()>& end_iteration,
+                                 const std::function<void()>& after_waits) {
   StepCheck& check = parts_.step_check;
   const int64_t step = check.step();
   const std::string cause = cause_.empty() ? "an exception was raised during backward" : cause_;
@@ -80,6 +81,13 @@ void InterruptedBackward::settle(const std::function<bool(size_t)>& launch, int6
     if (failure) break;
     try {
       w->wait(timeout_);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (!failure && world_size_ > 1 && after_waits) {
+    try {
+      after_waits();
     } catch (...) {
       failure = std::current_exception();
     }

@@ -47,11 +47,14 @@ class InterruptedBackward {
   void complete_section(const std::function<bool(size_t)>& launch, int64_t iteration,
                         std::unique_lock<std::mutex>* lock = nullptr);
   // Completes the section (verifying its header first), waits for it with `lock`
-  // released, runs `end_iteration` (the reducer starts a new iteration), and throws:
+  // released, then runs `after_waits` (still released: the collectives finalize issues
+  // after the section's waits, the sparse gradients' exchange), runs `end_iteration` (the
+  // reducer starts a new iteration), and throws:
   // ReductionError saying the step was not averaged and the reducer is ready, or, when
   // the ranks cannot be brought back in step, the sticky error.
   [[noreturn]] void settle(const std::function<bool(size_t)>& launch, int64_t iteration,
-                           std::unique_lock<std::mutex>& lock, const std::function<void()>& end_iteration);
+                           std::unique_lock<std::mutex>& lock, const std::function<void()>& end_iteration,
+                           const std::function<void()>& after_waits = {});
 
  private:
   Parts parts_;

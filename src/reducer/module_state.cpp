@@ -2,9 +2,11 @@
 // buffers, broadcasting its state, and checking that its parameters are still the ones
 // the reducer hooks.
 #include <torch/nn/module.h>
+#include <torch/nn/modules/embedding.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ostream>
 
@@ -24,6 +26,23 @@ Reducer::NamedParameters named_parameters(const torch::nn::Module& module) {
   Reducer::NamedParameters out;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
   return out;
+}
+
+Options with_sparse_embeddings(const torch::nn::Module& module, Options options) {
+  std::vector<std::string> sparse = options.expect_sparse_gradients();
+  for (const auto& item : module.named_modules(/*name_prefix=*/"", /*include_self=*/true)) {
+    const torch::nn::Module& m = *item.value();
+    at::Tensor weight;
+    if (const auto* embedding = m.as<torch::nn::EmbeddingImpl>()) {
+      if (embedding->options.sparse()) weight = embedding->weight;
+    } else if (const auto* bag = m.as<torch::nn::EmbeddingBagImpl>()) {
+      if (bag->options.sparse()) weight = bag->weight;
+    }
+    if (!weight.defined() || !weight.requires_grad()) continue;
+    const std::string name = item.key().empty() ? "weight" : item.key() + ".weight";
+    if (std::find(sparse.begin(), sparse.end(), name) == sparse.end()) sparse.push_back(name);
+  }
+  return options.expect_sparse_gradients(std::move(sparse));
 }
 
 Reducer::NamedParameters named_buffers(const torch::nn::Module& module) {

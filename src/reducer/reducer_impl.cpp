@@ -103,7 +103,8 @@ Reducer::Impl::Impl(detail::ConstructionCheck::Result checked, std::shared_ptr<P
       step_check_(process_group, deferred_step_check(options, process_group->device()), options.timeout(), stats,
                   options.skip_all_reduce_unused_params() ? detail::BucketSkip::words_for(parameters.size()) : 0),
       status_row_(process_group, parameters.size()),
-      buckets_(parameters, names, snapshot_.shapes(), options, rank_, world_size_, stats),
+      sparse_(parameters, names, options.expect_sparse_gradients(), rank_),
+      buckets_(parameters, names, snapshot_.shapes(), sparse_.mask(), options, rank_, world_size_, stats),
       skip_(options.skip_all_reduce_unused_params(), parameters.size()),
       hook_runner_(process_group, rank_, process_group->device().is_cuda(), options.timeout()),
       recovery_({step_check_, buckets_, hook_runner_, status_row_, stats}, rank_, world_size_, options.timeout()),
@@ -152,6 +153,8 @@ Reducer::Impl::~Impl() {
   if (world_size_ > 1 && !step_check_.broken() && phase_ == Phase::kBackward && step_check_.verified()) {
     try {
       recovery_.complete_section([this](size_t b) { return launch_bucket(b); }, iteration_);
+      // The peers' finalize gathers the sparse gradients after the status exchange.
+      if (sparse_.any()) exchange_sparse(/*contribute=*/false);
       phase_ = Phase::kIdle;
     } catch (const std::exception& e) {
       detail::log(detail::LogLevel::kWarn, rank_, "could not complete the interrupted backward: {}", e.what());
@@ -195,6 +198,7 @@ void Reducer::Impl::reset_iteration() {
   std::fill(marks_.marked.begin(), marks_.marked.end(), 0);
   std::fill(marks_.marked_early.begin(), marks_.marked_early.end(), 0);
   buckets_.reset();
+  sparse_.reset();
   skip_.reset();
   hook_runner_.reset(buckets_.size());
   finalize_tasks_.clear();
@@ -213,14 +217,20 @@ void Reducer::Impl::forget_unfinished_forward() {
 }
 
 void Reducer::Impl::settle_interrupted_backward(std::unique_lock<std::mutex>& lock) {
-  recovery_.settle([this](size_t b) { return launch_bucket(b); }, iteration_, lock, [this] {
-    reset_iteration();
-    phase_ = Phase::kIdle;
-    // The other ranks finalised this iteration (with this rank's error: no choice is made
-    // in it), so autotune's next cap follows the count here too.
-    if (const auto cap = autotune_.cap_after(iteration_)) buckets_.set_bucket_cap(*cap);
-    iteration_ += 1;
-  });
+  recovery_.settle(
+      [this](size_t b) { return launch_bucket(b); }, iteration_, lock,
+      [this] {
+        reset_iteration();
+        phase_ = Phase::kIdle;
+        // The other ranks finalised this iteration (with this rank's error: no choice is made
+        // in it), so autotune's next cap follows the count here too.
+        if (const auto cap = autotune_.cap_after(iteration_)) buckets_.set_bucket_cap(*cap);
+        iteration_ += 1;
+      },
+      // What the peers' finalize issues after the status exchange: the sparse gradients'.
+      [this] {
+        if (sparse_.any()) exchange_sparse(/*contribute=*/false);
+      });
 }
 
 void Reducer::Impl::prepare_for_forward() {
@@ -632,7 +642,12 @@ void Reducer::Impl::on_gradient_ready(size_t index, const at::Tensor& incoming) 
   // is a task of its own); the outermost one's finalizes.
   queue_finalize();
   const int64_t runs = multi_fire_.count_run(index);
-  if (runs > 1) {
+  // A sparse gradient is taken as it is (SparseGradients); a dense one goes into its slot.
+  const bool sparse = sparse_.expects(index);
+  if (runs > 1 && sparse) {
+    // The accumulator summed this run into .grad: take that sum (exchanged in finalize).
+    if (auto error = sparse_.take(index)) record_error(std::move(*error));
+  } else if (runs > 1) {
     on_gradient_again(index, incoming);
   } else if (marks_.marked[index]) {
     // Marked before backward (its slot holds zeros, its bucket may be launched or skipped).
@@ -653,11 +668,13 @@ void Reducer::Impl::on_gradient_ready(size_t index, const at::Tensor& incoming) 
     return;
   } else {
     marks_.local_used[index] = 1;
-    if (auto error = buckets_.copy_gradient(index)) record_error(std::move(*error));
+    if (auto error = sparse ? sparse_.take(index) : buckets_.copy_gradient(index)) record_error(std::move(*error));
     if (iteration_ == 0) buckets_.record_ready(index);
   }
-  // The slot is complete at the last run the previous backward saw (MultiFire).
-  if (!marks_.marked[index] && multi_fire_.complete(index)) {
+  if (sparse) {
+    marks_.marked[index] = 1; // no slot, no bucket
+  } else if (!marks_.marked[index] && multi_fire_.complete(index)) {
+    // The slot is complete at the last run the previous backward saw (MultiFire).
     marks_.marked[index] = 1;
     if (buckets_.mark_ready(index) && timeline.enabled()) {
       const auto now = Clock::now();
@@ -700,7 +717,11 @@ void Reducer::Impl::on_gradient_again(size_t index, const at::Tensor& incoming) 
 }
 
 void Reducer::Impl::mark_without_hook(size_t index) {
-  if (auto error = buckets_.fill_without_hook(index, marks_.local_used[index] != 0)) record_error(std::move(*error));
+  const bool used_locally = marks_.local_used[index] != 0;
+  if (auto error = sparse_.expects(index) ? sparse_.take_without_hook(index, used_locally)
+                                          : buckets_.fill_without_hook(index, used_locally)) {
+    record_error(std::move(*error));
+  }
   marks_.marked[index] = 1;
 }
 

@@ -7,6 +7,7 @@
 //   StepCheck           section headers, deferred reads, the sticky "broken" error
 //   StatusRow           the used flags and status each rank sends at the end of backward
 //   BucketSet           buckets, slots, launch order, write-back into .grad
+//   SparseGradients     the sparse gradients (embeddings): gathered and summed apart
 //   BucketSkip          the unused-parameter bitmap in the header; buckets no rank used
 //   MultiFire           hooks that run more than once per backward; late contributions
 //   HookRunner          a communication hook's runs, futures and failures
@@ -40,6 +41,7 @@
 #include "reducer/join_state.h"
 #include "reducer/multi_fire.h"
 #include "reducer/parameter_snapshot.h"
+#include "reducer/sparse_gradients.h"
 #include "reducer/status_row.h"
 #include "reducer/step_check.h"
 #include "reducer/unused_report.h"
@@ -179,6 +181,9 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   bool reports_early(size_t b, const std::vector<char>& local_used) const;
   // After the follow-ups: an error when a late contribution reached a bucket already reported.
   void check_reported_late();
+  // The sparse gradients' exchange (lock released); an interrupted section contributes
+  // nothing. Returns its error ("" when none).
+  std::string exchange_sparse(bool contribute);
   // Reads the ranks' used counts and statuses; true when every rank's status is kOk.
   bool read_used_by(const std::vector<char>& local_used, bool read_later);
   // MultiFire: whether late contributions are reduced after the buckets in this backward
@@ -222,6 +227,7 @@ class Reducer::Impl : public std::enable_shared_from_this<Impl> {
   detail::ParameterSnapshot snapshot_;
   detail::StepCheck step_check_;
   detail::StatusRow status_row_;
+  detail::SparseGradients sparse_; // before buckets_, which keeps its mask
   detail::BucketSet buckets_;
   detail::BucketSkip skip_;
   detail::HookRunner hook_runner_;
